@@ -1,0 +1,214 @@
+"""The command line: `python -m finetune <command>`; each command is one library call.
+
+    python -m finetune train --preset demo          # bundled model + bundled data, ~5 min on 2 cores
+    python -m finetune train --data my.jsonl        # every setting resolved from the data and machine
+    python -m finetune train runs/NAME/config.yaml  # repeat a run exactly
+    python -m finetune eval runs/NAME --json
+    python -m finetune chat runs/NAME --prompt "..."
+    python -m finetune data inspect my.jsonl
+    python -m finetune runs | status RUN | stop RUN | resume RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from finetune.errors import FinetuneError
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    from finetune import config
+
+    g = p.add_argument_group("settings (each overrides the config file; 'auto' lets the tool decide)")
+    for name, f in config.FIELDS.items():
+        meta = f.metadata
+        extra = f" One of: {', '.join(meta['choices'])}." if "choices" in meta else ""
+        g.add_argument("--" + name.replace("_", "-"), dest="cfg_" + name, default=None,
+                       metavar=name.upper() if f.type != "bool" else "BOOL",
+                       help=f"{meta['help']}{extra} Default: {f.default!r}.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m finetune", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (in this terminal; Ctrl-C stops and saves)")
+    t.add_argument("config", nargs="?", help="a YAML config, e.g. runs/NAME/config.yaml")
+    t.add_argument("--preset", help="start from a preset: " + ", ".join(_preset_names()))
+    t.add_argument("--dry-run", action="store_true",
+                   help="resolve and print every setting with its reason, then stop")
+    _add_config_flags(t)
+
+    e = sub.add_parser("eval", help="base vs tuned on the held-out split: exact match, loss, ...")
+    e.add_argument("run", help="run directory or name")
+    e.add_argument("--data", help="evaluate on this file instead of the run's test split")
+    e.add_argument("--limit", type=int, help="at most this many examples for generation metrics")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    c = sub.add_parser("chat", help="one answer from a run's tuned model or any model")
+    c.add_argument("target", help="run directory/name, or a model (bundled name, directory, Hub id)")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--system", default="", help="system prompt")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--base", action="store_true", help="answer with the run's base model instead")
+
+    d = sub.add_parser("data", help="inspect data before training")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    di = dsub.add_parser("inspect", help="detected format, counts, problems; exit 2 if unusable")
+    di.add_argument("path", help="file, sample:NAME, or Hub dataset id")
+    di.add_argument("--format", default="auto", help="override the detected format")
+    di.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
+    di.add_argument("--json", action="store_true")
+
+    sub.add_parser("runs", help="list runs with model, method, data, status, losses")
+    for name, helptext in (("status", "show a run's state and latest metrics"),
+                           ("stop", "stop a running run (saves the latest adapter)"),
+                           ("resume", "resume a stopped or interrupted run from its checkpoint")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("run", help="run directory or name")
+        if name == "resume":
+            s.add_argument("--foreground", action="store_true",
+                           help="train in this terminal instead of in the background")
+
+    m = sub.add_parser("models", help="where a model comes from (prepares the bundled one)")
+    m.add_argument("model", nargs="?", default="SmolLM2-135M-Instruct")
+
+    b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
+    b.add_argument("what", nargs="*", default=[], help="chat, data, train, hardware (default: all)")
+    b.add_argument("--json", action="store_true")
+    return p
+
+
+def _preset_names() -> list[str]:
+    from finetune import presets
+
+    return list(presets.PRESETS)
+
+
+def _config_from_args(args) -> "object":
+    from finetune import config, presets
+
+    data: dict = {}
+    if args.preset:
+        data.update(presets.get(args.preset))
+    if args.config:
+        data.update(config.load(args.config).to_dict())
+    for name in config.FIELDS:
+        value = getattr(args, "cfg_" + name)
+        if value is not None:
+            data[name] = value
+    return config.from_dict(data, source="command line")
+
+
+def cmd_train(args) -> int:
+    from finetune import jobs, train
+
+    cfg = _config_from_args(args)
+    if args.dry_run:
+        resolved, reasons = jobs.resolve_config(cfg)
+        for name, reason in reasons.items():
+            print(f"{name:24s} {getattr(resolved, name)!s:>12}  {reason}")
+        return 0
+    run_dir = jobs.reuse_or_prepare(args.config, cfg)
+    status = train.run(run_dir)
+    print(f"{status.get('state')}: {status.get('end_reason', '')}".rstrip(": "))
+    print(run_dir)
+    return 0 if status.get("state") in ("completed", "stopped") else 1
+
+
+def cmd_eval(args) -> int:
+    from finetune import evaluate, runinfo
+
+    report = evaluate.evaluate_run(runinfo.run_path(args.run), data=args.data, limit=args.limit,
+                                   log=(lambda *a, **k: print(*a, file=sys.stderr, **k)))
+    print(json.dumps(report, indent=2) if args.json else evaluate.format_report(report))
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from finetune import chat
+
+    for piece in chat.answer_once(args.target, args.prompt, system=args.system,
+                                  max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, top_p=args.top_p, base=args.base):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_data(args) -> int:
+    from finetune.data import inspect
+
+    return inspect.run_inspect(args.path, fmt=args.format, as_json=args.json,
+                               max_length=args.max_length)
+
+
+def cmd_runs(args) -> int:
+    from finetune import jobs
+
+    print(jobs.format_runs_table(jobs.runs_table()))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from finetune import jobs, runinfo
+
+    print(json.dumps(jobs.status(runinfo.run_path(args.run)), indent=2))
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from finetune import jobs, runinfo
+
+    status = jobs.stop(runinfo.run_path(args.run))
+    print(f"{status.get('state')}: {status.get('end_reason', '')}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from finetune import jobs, runinfo, train
+
+    run_dir = runinfo.run_path(args.run)
+    if args.foreground:
+        jobs.check_resumable(run_dir)
+        status = train.run(run_dir, resume=True)
+        print(f"{status.get('state')}: {status.get('end_reason', '')}")
+        return 0 if status.get("state") in ("completed", "stopped") else 1
+    jobs.resume(run_dir)
+    print(f"resumed in the background; follow with: python -m finetune status {run_dir}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from finetune import models
+
+    print(models.resolve(args.model).describe())
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from finetune import bench
+
+    return bench.main(args.what, as_json=args.json)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "chat": cmd_chat, "data": cmd_data,
+            "runs": cmd_runs, "status": cmd_status, "stop": cmd_stop, "resume": cmd_resume,
+            "models": cmd_models, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FinetuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,220 @@
+"""The run configuration: one dataclass feeds the UI, the CLI and the training process.
+
+Precedence: dataclass default < YAML file < CLI flag < UI. Settings whose default is "auto" are
+decided from the data and the machine by `finetune.resolve` before a run starts; the resolved,
+concrete values are written to the run directory so the run can be repeated exactly.
+
+    python -m finetune train --help      # every field below, as a flag
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from finetune.errors import ConfigError
+
+AUTO = "auto"
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_DATA = "sample:contacts"
+
+Auto = Union[str, int, float]  # "auto" or a concrete value
+
+
+def _f(default, help, group="basic", **meta):
+    return field(default=default, metadata={"help": help, "group": group, **meta})
+
+
+@dataclass
+class RunConfig:
+    # --- what to train on what
+    model: str = _f(DEFAULT_MODEL, "Base model: the bundled 'SmolLM2-135M-Instruct', a local "
+                    "directory, or a Hugging Face Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
+    data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT), "
+                   "a bundled sample ('sample:contacts', 'sample:tickets', 'sample:rewrite') or a "
+                   "Hub dataset id.")
+    data_format: str = _f("auto", "How rows are read; 'auto' detects it from the columns.",
+                          choices=["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"],
+                          group="data")
+    val_data: str = _f("", "Validation file. Empty: held out from the training data.", group="data")
+    test_data: str = _f("", "Test file for evaluation. Empty: the sample's own test split, or "
+                        "held out from the training data.", group="data")
+    val_fraction: Auto = _f(AUTO, "Share of training rows held out for validation when no "
+                            "validation file is given.", group="data", type=float, min=0.0, max=0.5)
+    test_fraction: float = _f(0.1, "Share of training rows held out for the test split when no "
+                              "test file is given.", group="data", type=float, min=0.0, max=0.5)
+    system_prompt: str = _f("", "System message added to rows that have none.", group="data")
+
+    # --- how
+    method: str = _f("lora", "full: train every weight; lora: train small adapters; qlora: "
+                     "adapters on a 4-bit base model (least memory).", choices=["lora", "qlora", "full"])
+    lora_r: Auto = _f(AUTO, "LoRA rank: adapter capacity.", group="lora", type=int, min=1, max=1024)
+    lora_alpha: Auto = _f(AUTO, "LoRA alpha: adapter scale ('auto': twice the rank).", group="lora",
+                          type=int, min=1, max=4096)
+    lora_dropout: float = _f(0.0, "Dropout on the adapter inputs.", group="lora", type=float,
+                             min=0.0, max=0.9)
+    lora_target: str = _f("all-linear", "Which layers get adapters: 'all-linear' or a comma-"
+                          "separated list of module names such as 'q_proj,v_proj'.", group="lora")
+    use_dora: bool = _f(False, "DoRA: weight-decomposed LoRA (slower, sometimes better).", group="lora")
+
+    # --- schedule
+    epochs: Auto = _f(AUTO, "Passes over the training data.", group="schedule", type=float,
+                      min=0.01, max=100.0)
+    max_steps: Auto = _f(AUTO, "Optimizer steps; 'auto' follows from epochs and batch size.",
+                         group="schedule", type=int, min=1, max=10_000_000)
+    batch_size: Auto = _f(AUTO, "Rows per forward pass.", group="schedule", type=int, min=1, max=4096)
+    grad_accum: Auto = _f(AUTO, "Forward passes per optimizer step.", group="schedule", type=int,
+                          min=1, max=1024)
+    learning_rate: Auto = _f(AUTO, "Peak learning rate.", group="schedule", type=float,
+                             min=1e-8, max=1.0)
+    lr_scheduler: str = _f("cosine", "Learning-rate schedule after warm-up.", group="schedule",
+                           choices=["cosine", "linear", "constant"])
+    warmup_ratio: float = _f(0.05, "Share of steps spent warming up the learning rate.",
+                             group="schedule", type=float, min=0.0, max=0.5)
+    max_length: Auto = _f(AUTO, "Longest row in tokens; longer rows are truncated.",
+                          group="schedule", type=int, min=8, max=1_000_000)
+    packing: bool = _f(False, "Pack several short rows into one sequence (faster on many short rows).",
+                       group="schedule")
+    seed: int = _f(42, "Random seed for the split, the adapters and the data order.", group="schedule",
+                   type=int, min=0, max=2**31 - 1)
+
+    # --- machine
+    precision: str = _f(AUTO, "Number format for training; 'auto' measures what this machine "
+                        "runs fastest.", choices=[AUTO, "fp32", "bf16", "fp16"], group="machine")
+    gradient_checkpointing: str = _f(AUTO, "Recompute activations to save memory at ~30% more time.",
+                                     choices=[AUTO, "on", "off"], group="machine")
+
+    # --- evaluation and stopping
+    eval_steps: Auto = _f(AUTO, "Validate every N steps.", group="evaluation", type=int, min=1,
+                          max=10_000_000)
+    save_steps: Auto = _f(AUTO, "Save a checkpoint every N steps (resume starts from the latest).",
+                          group="evaluation", type=int, min=1, max=10_000_000)
+    early_stopping: bool = _f(True, "Stop when validation loss stops improving and keep the best "
+                              "checkpoint.", group="evaluation")
+    early_stopping_patience: int = _f(3, "Evaluations without improvement before stopping.",
+                                      group="evaluation", type=int, min=1, max=1000)
+    report_to: str = _f("none", "Also log metrics to trackio (when installed).",
+                        choices=["none", "trackio"], group="evaluation")
+
+    name: str = _f("", "Run name (a folder under runs/); empty: made from the data and the time.",
+                   group="basic")
+
+    def validate(self) -> "RunConfig":
+        """Raise ConfigError naming every bad value; return self when all are fine."""
+        problems = [p for f in dataclasses.fields(self) if (p := _check(f, getattr(self, f.name)))]
+        if problems:
+            raise ConfigError("Invalid settings:\n  - " + "\n  - ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "RunConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+AUTO_FIELDS = [n for n, f in FIELDS.items() if f.type == "Auto" or f.default == AUTO]
+
+
+def help_of(name: str) -> str:
+    return FIELDS[name].metadata["help"]
+
+
+def _check(f: dataclasses.Field, value: Any) -> str | None:
+    meta = f.metadata
+    name = f.name
+    if "choices" in meta:
+        if value not in meta["choices"]:
+            return f"{name}: {value!r} is not one of {', '.join(map(str, meta['choices']))}"
+        return None
+    if f.type == "bool":
+        return None if isinstance(value, bool) else f"{name}: expected true or false, got {value!r}"
+    want = meta.get("type")
+    if want is None:
+        return None if isinstance(value, str) else f"{name}: expected text, got {value!r}"
+    if value == AUTO and f.type == "Auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        auto = " or 'auto'" if f.type == "Auto" else ""
+        return f"{name}: expected a number{auto}, got {value!r}"
+    if want is int and int(value) != value:
+        return f"{name}: expected a whole number, got {value!r}"
+    if not meta.get("min", float("-inf")) <= value <= meta.get("max", float("inf")):
+        return f"{name}: {value!r} is outside {meta.get('min')}..{meta.get('max')}"
+    return None
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn text from a CLI flag or a UI textbox into the field's type ('auto' stays 'auto')."""
+    f = FIELDS[name]
+    if not isinstance(value, str):
+        if f.metadata.get("type") is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+    text = value.strip()
+    if f.type == "bool":
+        if text.lower() in ("true", "yes", "on", "1"):
+            return True
+        if text.lower() in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    want = f.metadata.get("type")
+    if want is None or "choices" in f.metadata or (f.type == "Auto" and text.lower() == AUTO):
+        return text.lower() if text.lower() == AUTO else text
+    try:
+        number = float(text)
+    except ValueError:
+        auto = " or 'auto'" if f.type == "Auto" else ""
+        raise ConfigError(f"{name}: expected a number{auto}, got {value!r}") from None
+    return int(number) if want is int and number.is_integer() else number
+
+
+def from_dict(data: dict[str, Any], source: str = "settings") -> RunConfig:
+    """Build a validated config; unknown keys are an error that names them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of setting: value, got {type(data).__name__}")
+    unknown = [k for k in data if k not in FIELDS]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), FIELDS, n=1)
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(hints)}. "
+                          f"Known settings: {', '.join(FIELDS)}.")
+    values = {k: coerce(k, v) for k, v in data.items()}
+    return RunConfig(**values).validate()
+
+
+def load(path: str | Path) -> RunConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}).") from None
+    return from_dict(data or {}, source=str(path))
+
+
+def groups() -> dict[str, list[str]]:
+    """Field names by UI group, in declaration order."""
+    out: dict[str, list[str]] = {}
+    for name, f in FIELDS.items():
+        out.setdefault(f.metadata["group"], []).append(name)
+    return out
