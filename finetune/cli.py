@@ -27,7 +27,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         extra = f" One of: {', '.join(meta['choices'])}." if "choices" in meta else ""
         g.add_argument("--" + name.replace("_", "-"), dest="cfg_" + name, default=None,
                        metavar=name.upper() if f.type != "bool" else "BOOL",
-                       help=f"{meta['help']}{extra} Default: {f.default!r}.")
+                       help=f"{meta['help']}{extra} Default: {f.default!r}.".replace("%", "%%"))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -193,8 +193,18 @@ def from_dict(data: dict[str, Any], source: str = "settings") -> RunConfig:
             hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(hints)}. "
                           f"Known settings: {', '.join(FIELDS)}.")
-    values = {k: coerce(k, v) for k, v in data.items()}
-    return RunConfig(**values).validate()
+    values, problems = {}, []
+    for k, v in data.items():
+        try:
+            values[k] = coerce(k, v)
+        except ConfigError as e:
+            problems.append(str(e))
+    cfg = RunConfig(**values)
+    problems += [p for f in dataclasses.fields(cfg) if f.name in values
+                 and (p := _check(f, getattr(cfg, f.name)))]
+    if problems:
+        raise ConfigError(f"{source}: invalid settings:\n  - " + "\n  - ".join(problems))
+    return cfg.validate()
 
 
 def load(path: str | Path) -> RunConfig:

@@ -1,0 +1,200 @@
+"""Decide every 'auto' setting from the data, the model and the machine, with a reason for each.
+
+    python -m finetune train --data my.jsonl --dry-run     # print what would be used and why
+
+The resolved config holds only concrete values and is saved in the run directory, so the same
+command on that config.yaml repeats the run exactly. Settings the user gave are kept as given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from finetune.config import AUTO, RunConfig
+
+TARGET_STEPS = 40  # optimizer steps a small dataset gets at least (repeating it as needed)
+MAX_AUTO_EPOCHS = 10
+LENGTH_SAMPLE = 5000  # rows measured for the length distribution of big datasets
+
+
+@dataclass
+class Facts:
+    """What the resolvers look at, gathered once (measured, not assumed)."""
+
+    n_rows: int  # rows available for training and validation (the test split already removed)
+    lengths: list[int]  # token lengths of (a sample of) those rows
+    has_val_file: bool
+    n_params: int
+    hidden: int
+    layers: int
+    vocab: int
+    context: int  # the model's maximum positions
+    device: str
+    memory_gb: float
+    precision: str
+    precision_reason: str
+
+
+def token_lengths(rows: list[dict], tokenizer) -> list[int]:
+    """Tokens per row exactly as training will see them (chat template applied)."""
+    out = []
+    for row in rows:
+        if "text" in row:
+            out.append(len(tokenizer(row["text"])["input_ids"]) + 1)
+        else:
+            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)
+            out.append(len(ids["input_ids"]))
+    return out
+
+
+def _pct(values: list[int], q: float) -> int:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def max_length(f: Facts) -> tuple[int, str]:
+    if not f.lengths:
+        return min(512, f.context), "no rows measured; a common default"
+    longest, p995 = max(f.lengths), _pct(f.lengths, 0.995)
+    # Cover every row unless a few outliers would stretch every batch: then cut at 99.5%.
+    cut = longest if longest <= 1.25 * p995 else p995
+    cut = min(f.context, int(math.ceil(cut / 8) * 8))
+    truncated = sum(1 for n in f.lengths if n > cut)
+    share = 100 * (len(f.lengths) - truncated) / len(f.lengths)
+    sampled = f" (measured on {len(f.lengths):,} sampled rows)" if len(f.lengths) < f.n_rows else ""
+    if cut == f.context and longest > f.context:
+        return cut, (f"the model's context is {f.context}: {truncated} of {len(f.lengths)} rows "
+                     f"are longer and will be truncated{sampled}")
+    return cut, (f"covers {share:.1f}% of rows (longest {longest} tokens), {truncated} "
+                 f"truncated{sampled}")
+
+
+def val_fraction(f: Facts) -> tuple[float, str]:
+    if f.has_val_file:
+        return 0.0, "a validation file was given"
+    if f.n_rows < 20:
+        return 0.0, (f"only {f.n_rows} rows: all kept for training (no validation, so no early "
+                     "stopping)")
+    n_val = max(4, min(200, round(0.1 * f.n_rows)))
+    return round(n_val / f.n_rows, 4), f"{n_val} of {f.n_rows} rows held out to watch overfitting"
+
+
+def effective_batch(n_train: int) -> int:
+    if n_train < 64:
+        return max(1, min(4, n_train))
+    return 16 if n_train >= 5000 else 8
+
+
+def learning_rate(method: str, n_params: int) -> tuple[float, str]:
+    size = f"{n_params / 1e6:,.0f}M parameters"
+    if method in ("lora", "qlora"):
+        lr = 2e-4 if n_params < 3e9 else 1e-4
+        return lr, f"{method} adapters on a model of {size} learn fast at this rate"
+    lr = 5e-5 if n_params < 5e8 else 2e-5 if n_params < 3e9 else 1e-5
+    return lr, f"full fine-tuning of {size}: small steps keep what the model knows"
+
+
+def lora_rank(n_params: int) -> tuple[int, str]:
+    if n_params < 1e10:
+        return 16, f"enough capacity for one task on a {n_params / 1e9:.2g}B model"
+    return 8, f"a {n_params / 1e9:.2g}B model needs little extra capacity per task"
+
+
+def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[RunConfig, dict]:
+    """Return (config with concrete values, {setting: reason}) for every auto setting."""
+    from finetune import hardware
+
+    reasons: dict[str, str] = {}
+    values: dict = {}
+
+    def decide(name, value, reason):
+        if getattr(cfg, name) == AUTO:
+            values[name], reasons[name] = value, reason
+        else:
+            values[name], reasons[name] = getattr(cfg, name), "set by you"
+        return values[name]
+
+    decide("precision", f.precision, f.precision_reason)
+    vf = decide("val_fraction", *val_fraction(f))
+    n_train = f.n_rows - round(float(vf) * f.n_rows)
+    length = decide("max_length", *max_length(f))
+    rank = decide("lora_r", *lora_rank(f.n_params)) if cfg.method != "full" else cfg.lora_r
+    if cfg.method != "full":
+        decide("lora_alpha", 2 * rank, f"twice the rank ({rank})")
+    decide("learning_rate", *learning_rate(cfg.method, f.n_params))
+
+    # Batch: the effective batch the data calls for, as micro-batch x accumulation that fits.
+    eff = effective_batch(n_train)
+    if cfg.batch_size != AUTO and cfg.grad_accum == AUTO:
+        eff = max(eff, int(cfg.batch_size))
+    avail = f.memory_gb * (0.85 if f.device == "cuda" else 0.6)
+    lora_params = (lora_params_per_rank * int(rank)) if cfg.method != "full" else 0
+
+    def need(batch, ckpt):
+        return hardware.estimate_memory_gb(f.n_params, f.hidden, f.layers, f.vocab, cfg.method,
+                                           values["precision"], batch, int(length), ckpt,
+                                           lora_params)["total"]
+
+    micro = eff if cfg.batch_size == AUTO else int(cfg.batch_size)
+    while cfg.batch_size == AUTO and micro > 1 and need(micro, False) > avail:
+        micro //= 2
+    ckpt_auto = cfg.gradient_checkpointing == AUTO
+    use_ckpt = cfg.gradient_checkpointing == "on" or (ckpt_auto and need(micro, False) > avail)
+    if cfg.batch_size == AUTO and use_ckpt:  # with checkpointing a bigger micro-batch may fit
+        while micro < eff and need(micro * 2, True) <= avail:
+            micro *= 2
+    gb = need(micro, use_ckpt)
+    mem = f"needs ~{gb:.1f} of {f.memory_gb:.0f} GB"
+    decide("batch_size", micro, f"{mem} at max length {length}")
+    accum = max(1, math.ceil(eff / int(values["batch_size"])))
+    decide("grad_accum", accum, f"{values['batch_size']} x {accum} = {eff} rows per step "
+                                f"for {n_train} training rows")
+    if ckpt_auto:
+        values["gradient_checkpointing"] = "on" if use_ckpt else "off"
+        reasons["gradient_checkpointing"] = (
+            f"needed to fit: {mem} with it" if use_ckpt else
+            f"off: fits without it ({mem}), and recomputing would cost ~30% more time")
+    else:
+        values["gradient_checkpointing"] = cfg.gradient_checkpointing
+        reasons["gradient_checkpointing"] = "set by you"
+
+    final_gb = need(int(values["batch_size"]), values["gradient_checkpointing"] == "on")
+    if final_gb > avail:
+        tips = [t for t, ok in (("method 'qlora' (4-bit base model)", cfg.method != "qlora"),
+                                ("a smaller batch size with more accumulation",
+                                 int(values["batch_size"]) > 1),
+                                ("gradient checkpointing 'on'",
+                                 values["gradient_checkpointing"] != "on"),
+                                ("a shorter max length", True)) if ok]
+        reasons["memory"] = (f"WILL NOT FIT: needs ~{final_gb:.1f} GB, {avail:.1f} GB usable on "
+                             f"this {f.device}. Try " + ", or ".join(tips) + ".")
+    else:
+        reasons["memory"] = f"fits: needs ~{final_gb:.1f} GB of {avail:.1f} GB usable on this {f.device}"
+
+    per_step = int(values["batch_size"]) * int(values["grad_accum"])
+    steps_per_epoch = max(1, math.ceil(n_train / per_step))
+    if steps_per_epoch >= TARGET_STEPS:
+        epochs_reason = f"one pass over {n_train} rows is {steps_per_epoch} steps: enough"
+        auto_epochs = 1.0
+    else:
+        auto_epochs = float(min(MAX_AUTO_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+        epochs_reason = (f"{n_train} rows are only {steps_per_epoch} steps per pass: repeated to "
+                         f"reach ~{TARGET_STEPS} steps" + (" (at most 10 passes)" if
+                                                          auto_epochs == MAX_AUTO_EPOCHS else ""))
+    epochs = decide("epochs", auto_epochs, epochs_reason)
+    total = max(1, math.ceil(float(epochs) * steps_per_epoch))
+    steps = decide("max_steps", total, f"{float(epochs):g} epoch(s) x {steps_per_epoch} steps")
+
+    has_val = vf > 0 or f.has_val_file
+    every = max(1, min(500, math.ceil(int(steps) / 10))) if int(steps) >= 10 else max(1, int(steps))
+    decide("eval_steps", every, ("about 10 validations over the run" if has_val else
+                                 "no validation split: only used for logging"))
+    # Saving at every evaluation lets the best checkpoint be restored at the end.
+    decide("save_steps", values["eval_steps"], "with every validation, so the best one is kept")
+
+    out = cfg.replace(**values)
+    for name in ("method", "model", "data"):
+        reasons.setdefault(name, "set by you" if getattr(cfg, name) != getattr(
+            RunConfig(), name) else "default")
+    return out, reasons

@@ -1,0 +1,251 @@
+"""The training process: TRL's SFTTrainer on a run directory, writing metrics and status as it goes.
+
+    python -m finetune train runs/NAME/config.yaml       # what the app runs in a subprocess
+
+It reads only the run directory (config.yaml is fully resolved), so the same command repeats a
+run. SIGTERM (or Ctrl-C) stops it: the current step ends, a checkpoint and the adapter are saved,
+and status.json says "stopped"; if the step would take too long it is abandoned instead.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from finetune import runinfo
+from finetune.errors import FinetuneError
+
+STOP_GRACE_S = 6.0  # after this long waiting for a step to end, abandon the step
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT; read by the trainer callback at the end of each step."""
+
+    def __init__(self):
+        self.requested_at: float | None = None
+        self.abandoned = False  # the watchdog gave up waiting for the step to end
+        self.finished = False
+
+    def request(self, *_):
+        if self.requested_at is not None:
+            return
+        self.requested_at = time.time()
+        threading.Thread(target=self._watchdog, daemon=True).start()
+
+    def _watchdog(self):
+        time.sleep(STOP_GRACE_S)
+        if not self.finished:
+            self.abandoned = True
+            _thread.interrupt_main()  # raises KeyboardInterrupt in the training loop
+
+
+def to_trl_rows(rows: list[dict]) -> list[dict]:
+    """Normalized rows -> TRL conversational prompt/completion (loss on the last assistant turn)."""
+    out = []
+    for row in rows:
+        if "text" in row:
+            out.append({"text": row["text"]})
+            continue
+        messages = row["messages"]
+        out.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    return out
+
+
+def _log(run_dir: Path, tee: bool, message: str) -> None:
+    print(message, flush=True)
+    if tee:
+        with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+
+
+def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
+    from transformers import TrainerCallback
+
+    class RunDirCallback(TrainerCallback):
+        """Appends metrics.jsonl and keeps status.json current; honours stop requests."""
+
+        def __init__(self):
+            self.t0 = time.time()
+            self.first_step = None
+            self.last = (time.time(), 0)
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.first_step = state.global_step
+            runinfo.update_status(run_dir, state="running", step=state.global_step,
+                                  total_steps=state.max_steps or total_steps)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
+                   "time": round(time.time() - self.t0, 2)}
+            if "loss" in logs:
+                now, tokens = time.time(), logs.get("num_tokens", 0)
+                t_prev, tok_prev = self.last
+                if tokens and now > t_prev and tok_prev:
+                    rec["tokens_per_s"] = round((tokens - tok_prev) / (now - t_prev), 1)
+                self.last = (now, tokens)
+                rec.update(loss=logs["loss"], lr=logs.get("learning_rate"),
+                           grad_norm=logs.get("grad_norm"), tokens=tokens)
+            if "eval_loss" in logs:
+                rec["eval_loss"] = logs["eval_loss"]
+            if "loss" in rec or "eval_loss" in rec:
+                runinfo.append_metrics(run_dir, rec)
+
+        def on_step_end(self, args, state, control, **kw):
+            done = state.global_step - (self.first_step or 0)
+            per_step = (time.time() - self.t0) / max(1, done)
+            eta = per_step * max(0, state.max_steps - state.global_step)
+            runinfo.update_status(run_dir, step=state.global_step, total_steps=state.max_steps,
+                                  eta_s=round(eta, 1), s_per_step=round(per_step, 2))
+            if stop.requested_at is not None:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return [RunDirCallback()]
+
+
+def _end_reason(state, max_steps: int, early: bool, patience: int) -> tuple[str, int | None]:
+    best_step = None
+    if state.best_model_checkpoint:
+        best_step = int(state.best_model_checkpoint.rstrip("/").split("-")[-1])
+    if early and state.global_step < max_steps:
+        best = f"; best at step {best_step}" if best_step else ""
+        return (f"validation loss flat for {patience} evaluations at step {state.global_step} "
+                f"of {max_steps}{best}", best_step)
+    best = f"; best validation loss at step {best_step}" if best_step else ""
+    return f"finished all {max_steps} steps{best}", best_step
+
+
+def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
+    """Train the run in this process; return the final status. Never raises for run failures."""
+    run_dir = Path(run_dir)
+    stop = _Stop()
+    old = {s: signal.signal(s, stop.request) for s in (signal.SIGTERM, signal.SIGINT)}
+    runinfo.update_status(run_dir, state="starting", pid=os.getpid(), started=time.time(),
+                          error=None, end_reason=None)
+    try:
+        return _train(run_dir, resume, tee, stop)
+    except KeyboardInterrupt:
+        return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
+                                     end_reason="stopped before training began")
+    except FinetuneError as e:
+        _log(run_dir, tee, f"error: {e}")
+        return runinfo.update_status(run_dir, state="failed", pid=None, error=str(e),
+                                     finished=time.time())
+    except Exception as e:  # noqa: BLE001 - every failure ends up in status.json in words
+        _log(run_dir, tee, traceback.format_exc())
+        return runinfo.update_status(run_dir, state="failed", pid=None, error=explain(e),
+                                     finished=time.time())
+    finally:
+        stop.finished = True
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def explain(e: BaseException) -> str:
+    """A failure in words a user can act on."""
+    text = f"{type(e).__name__}: {e}"
+    if "out of memory" in text.lower() or isinstance(e, MemoryError):
+        return ("Out of memory. Try: method 'qlora' (4-bit base model), a smaller batch size with "
+                "more gradient accumulation, gradient checkpointing 'on', or a shorter max length. "
+                f"({text[:300]})")
+    return f"{text[:600]} (see train.log for the full trace)"
+
+
+def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from finetune import data, hardware, models
+
+    cfg = runinfo.load_config(run_dir)
+    hw = hardware.detect()
+    if hw.device == "cpu":
+        torch.set_num_threads(hw.threads)
+    _log(run_dir, tee, f"hardware: {hw.describe()}")
+    splits = data.prepare(cfg, float(cfg.val_fraction))
+    _log(run_dir, tee, f"data: {len(splits.train)} train, {len(splits.val)} validation, "
+                       f"{len(splits.test)} test rows")
+    source = models.resolve(cfg.model)
+    _log(run_dir, tee, f"model: {source.describe()}")
+    tokenizer = models.load_tokenizer(source)
+    model = models.load_model(source, dtype=cfg.precision, quantize_4bit=cfg.method == "qlora",
+                              device="cpu" if hw.device == "cpu" else hw.device)
+    peft_config = None
+    if cfg.method in ("lora", "qlora"):
+        peft_config = models.lora_config(int(cfg.lora_r), int(cfg.lora_alpha), cfg.lora_dropout,
+                                         cfg.lora_target, cfg.use_dora)
+    has_val = len(splits.val) > 0
+    early = cfg.early_stopping and has_val
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=int(cfg.batch_size),
+        per_device_eval_batch_size=int(cfg.batch_size),
+        gradient_accumulation_steps=int(cfg.grad_accum),
+        learning_rate=float(cfg.learning_rate),
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        max_steps=int(cfg.max_steps),
+        max_length=int(cfg.max_length),
+        packing=cfg.packing,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        gradient_checkpointing=cfg.gradient_checkpointing == "on",
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=int(cfg.eval_steps),
+        save_strategy="steps",
+        save_steps=int(cfg.save_steps),
+        save_total_limit=2,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        logging_steps=1,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=hw.device == "cpu",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        completion_only_loss=True,
+    )
+    callbacks = _make_callbacks(run_dir, stop, int(cfg.max_steps))
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+        train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
+        eval_dataset=Dataset.from_list(to_trl_rows(splits.val)) if has_val else None,
+        callbacks=callbacks)
+    checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None
+    if resume:
+        _log(run_dir, tee, f"resuming from {checkpoint.name}" if checkpoint else
+             "no checkpoint yet: starting from the beginning")
+    _log(run_dir, tee, f"training: {cfg.method}, {cfg.max_steps} steps of "
+                       f"{cfg.batch_size} x {cfg.grad_accum} rows, {cfg.precision}")
+    abandoned = False
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        abandoned = True  # the stop watchdog gave up waiting for the step to end
+    state = trainer.state
+    out = run_dir / ("model" if cfg.method == "full" else "adapter")
+    trainer.save_model(str(out))  # with load_best_model_at_end these are the best weights
+    tokenizer.save_pretrained(str(out))
+    if stop.requested_at is not None:
+        how = "mid-step" if abandoned or stop.abandoned else "after the step ended"
+        reason = (f"stopped by request at step {state.global_step} of {state.max_steps} ({how}); "
+                  "resume continues from the latest checkpoint")
+        return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
+                                     step=state.global_step, end_reason=reason)
+    reason, best = _end_reason(state, int(cfg.max_steps), early, cfg.early_stopping_patience)
+    _log(run_dir, tee, reason)
+    return runinfo.update_status(run_dir, state="completed", pid=None, finished=time.time(),
+                                 step=state.global_step, end_reason=reason, best_step=best,
+                                 result=str(out))

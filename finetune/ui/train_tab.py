@@ -1,0 +1,250 @@
+"""The Train tab: settings built from the config's metadata, a plan with reasons, a live view.
+
+The tab never holds a handler open for a run: Start spawns `python -m finetune train ...` and a
+gr.Timer polls the run directory until the run ends, so closing the browser loses nothing.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import gradio as gr
+
+from finetune import config
+from finetune.ui.common import run_choices, user_errors
+
+BASIC = ["model", "data", "method", "name"]
+GROUP_TITLES = {"data": "Data", "lora": "LoRA", "schedule": "Schedule", "machine": "Machine",
+                "evaluation": "Validation and stopping"}
+POLL_S = 2.0
+
+
+def _widget(name: str):
+    f = config.FIELDS[name]
+    meta = f.metadata
+    label = name.replace("_", " ")
+    if "choices" in meta:
+        return gr.Dropdown(meta["choices"], value=f.default, label=label, info=meta["help"])
+    if f.type == "bool":
+        return gr.Checkbox(value=f.default, label=label, info=meta["help"])
+    if f.type in ("int", "float"):
+        return gr.Number(value=f.default, label=label, info=meta["help"])
+    return gr.Textbox(value=str(f.default), label=label, info=meta["help"])
+
+
+def config_from_widgets(names: list[str], values: list) -> config.RunConfig:
+    data = {}
+    for name, value in zip(names, values):
+        if isinstance(value, str) and value.strip() == "" and config.FIELDS[name].default != "":
+            value = config.FIELDS[name].default
+        data[name] = value
+    return config.from_dict(data, source="Train tab")
+
+
+def cli_command(cfg: config.RunConfig) -> str:
+    default = config.RunConfig()
+    parts = ["python -m finetune train"]
+    for name in config.FIELDS:
+        value = getattr(cfg, name)
+        if value != getattr(default, name):
+            parts.append(f"--{name.replace('_', '-')} {shlex.quote(str(value))}")
+    return " \\\n  ".join(parts)
+
+
+def plan_rows(resolved: config.RunConfig, reasons: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for name, reason in reasons.items():
+        value = getattr(resolved, name, "")
+        rows.append([name.replace("_", " "), str(value), reason])
+    return rows
+
+
+def status_markdown(st: dict, run_name: str) -> str:
+    if not st:
+        return "No run selected. Press **Start training** (the defaults work as they are)."
+    state = st.get("state", "?")
+    parts = [f"**{run_name}**: **{state}**, step {st.get('step', 0)} of {st.get('total_steps', '?')}"]
+    if state in ("running", "starting") and st.get("eta_s") is not None:
+        parts.append(f"ETA {int(st['eta_s']) // 60} min {int(st['eta_s']) % 60} s "
+                     f"({st.get('s_per_step', '?')} s/step)")
+    if st.get("end_reason"):
+        parts.append(st["end_reason"])
+    if st.get("error"):
+        parts.append(f"**Error:** {st['error']}")
+    if state == "completed":
+        parts.append("Next: open the **Evaluate** tab to compare base and tuned, or **Chat**.")
+    if state in ("stopped", "interrupted"):
+        parts.append("Press **Resume** to continue from the latest checkpoint.")
+    return "  \n".join(parts)
+
+
+def live_view(run_path: str | None):
+    """Status text, loss and learning-rate frames, log tail and whether to keep polling."""
+    import pandas as pd
+
+    from finetune import jobs, runinfo
+
+    empty = pd.DataFrame({"step": [], "value": [], "series": []})
+    if not run_path:
+        return status_markdown({}, ""), empty, empty, "", False
+    from pathlib import Path
+
+    run_dir = Path(run_path)
+    st = jobs.status(run_dir)
+    metrics = runinfo.read_metrics(run_dir)
+    loss = [{"step": m["step"], "value": m["loss"], "series": "train"} for m in metrics if "loss" in m]
+    loss += [{"step": m["step"], "value": m["eval_loss"], "series": "validation"}
+             for m in metrics if "eval_loss" in m]
+    lr = [{"step": m["step"], "value": m["lr"], "series": "learning rate"}
+          for m in metrics if m.get("lr") is not None]
+    speed = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+    text = status_markdown(st, run_dir.name)
+    if speed:
+        text += f"  \n{speed[-1]:.0f} tokens/s"
+    active = st.get("state") in jobs.ACTIVE
+    return (text, pd.DataFrame(loss) if loss else empty, pd.DataFrame(lr) if lr else empty,
+            runinfo.log_tail(run_dir), active)
+
+
+def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
+    from finetune import presets
+
+    gr.Markdown("Every setting marked **auto** is decided from your data and this machine; "
+                "**Check settings** shows the value and the reason before anything runs.")
+    names: list[str] = []
+    widgets: list = []
+    with gr.Row():
+        preset = gr.Dropdown(["(none)", *presets.PRESETS], value="(none)", label="preset",
+                             info="Fills in a few settings; the rest stay as they are.")
+        for name in BASIC:
+            names.append(name)
+            widgets.append(_widget(name))
+    with gr.Accordion("Advanced settings", open=False):
+        for group, fields in config.groups().items():
+            fields = [n for n in fields if n not in BASIC]
+            if not fields:
+                continue
+            gr.Markdown(f"**{GROUP_TITLES.get(group, group.title())}**")
+            with gr.Row():
+                for name in fields:
+                    names.append(name)
+                    widgets.append(_widget(name))
+    by_name = dict(zip(names, widgets))
+
+    with gr.Row():
+        check_btn = gr.Button("Check settings")
+        start_btn = gr.Button("Start training", variant="primary")
+        stop_btn = gr.Button("Stop", variant="stop")
+        resume_btn = gr.Button("Resume")
+    plan = gr.Dataframe(headers=["setting", "value", "why"], label="Resolved settings",
+                        interactive=False, wrap=True)
+    with gr.Accordion("Copy as YAML / CLI command", open=False):
+        yaml_box = gr.Code(language="yaml", label="config.yaml")
+        cli_box = gr.Code(language="shell", label="the same run from a terminal")
+
+    gr.Markdown("### Run")
+    with gr.Row():
+        run_pick = gr.Dropdown(label="run", choices=[], interactive=True, scale=4)
+        refresh_btn = gr.Button("Refresh", scale=1)
+    status_md = gr.Markdown()
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="loss", height=260)
+        lr_plot = gr.LinePlot(x="step", y="value", color="series", title="learning rate", height=260)
+    with gr.Accordion("Log (last lines)", open=False):
+        log_box = gr.Code(label="train.log", lines=12)
+    gr.Markdown("### All runs")
+    runs_df = gr.Dataframe(interactive=False, wrap=True)
+    timer = gr.Timer(POLL_S, active=False)
+
+    def apply_preset(name):
+        values = presets.get(name) if name and name != "(none)" else {}
+        return [gr.update(value=values[n]) if n in values else gr.update() for n in names]
+
+    preset.change(apply_preset, preset, widgets)
+    data_state.change(lambda s: gr.update(value=(s or {}).get("data", config.DEFAULT_DATA)),
+                      data_state, by_name["data"])
+    data_state.change(lambda s: gr.update(value=(s or {}).get("data_format", "auto")),
+                      data_state, by_name["data_format"])
+
+    @user_errors
+    def check(*values):
+        from finetune import jobs
+
+        cfg = config_from_widgets(names, list(values))
+        resolved, reasons = jobs.resolve_config(cfg)
+        warn = reasons.get("memory", "")
+        if warn.startswith("WILL NOT FIT"):
+            gr.Warning(warn)
+        return plan_rows(resolved, reasons), resolved.to_yaml(), cli_command(cfg)
+
+    check_btn.click(check, widgets, [plan, yaml_box, cli_box])
+
+    def refresh(selected=None):
+        from finetune import jobs
+
+        choices = run_choices()
+        paths = [p for _, p in choices]
+        if selected not in paths:
+            active = jobs.active_run()
+            selected = str(active) if active else (paths[0] if paths else None)
+        import pandas as pd
+
+        return gr.update(choices=choices, value=selected), pd.DataFrame(jobs.runs_table())
+
+    @user_errors
+    def start(*values, progress=gr.Progress()):
+        from finetune import jobs
+
+        cfg = config_from_widgets(names, list(values))
+        progress(0.1, desc="Resolving settings (the first run prepares the bundled model)")
+        run_dir = jobs.prepare_run(cfg)
+        resolved = config.load(run_dir / "config.yaml")
+        from finetune import runinfo
+
+        reasons = runinfo.read_resolved(run_dir)
+        if reasons.get("memory", "").startswith("WILL NOT FIT"):
+            gr.Warning(reasons["memory"])
+        jobs.start(run_dir)
+        pick, table = refresh(str(run_dir))
+        return (plan_rows(resolved, reasons), resolved.to_yaml(), cli_command(cfg), pick, table,
+                gr.Timer(active=True))
+
+    start_btn.click(start, widgets, [plan, yaml_box, cli_box, run_pick, runs_df, timer])
+
+    def tick(run_path):
+        text, loss, lr, log, active = live_view(run_path)
+        return text, loss, lr, log, gr.Timer(active=active)
+
+    live_outputs = [status_md, loss_plot, lr_plot, log_box, timer]
+    timer.tick(tick, run_pick, live_outputs)
+    run_pick.change(tick, run_pick, live_outputs)
+
+    @user_errors
+    def stop(run_path):
+        from pathlib import Path
+
+        from finetune import jobs, runinfo
+
+        if not run_path:
+            raise gr.Error("Pick a run to stop.")
+        jobs.stop(runinfo.run_path(Path(run_path)))
+        return tick(run_path)
+
+    stop_btn.click(stop, run_pick, live_outputs)
+
+    @user_errors
+    def resume(run_path):
+        from pathlib import Path
+
+        from finetune import jobs, runinfo
+
+        if not run_path:
+            raise gr.Error("Pick a stopped or interrupted run to resume.")
+        jobs.resume(runinfo.run_path(Path(run_path)))
+        return tick(run_path)[:-1] + (gr.Timer(active=True),)
+
+    resume_btn.click(resume, run_pick, live_outputs)
+    refresh_btn.click(refresh, run_pick, [run_pick, runs_df])
+    # Reattach on page load: pick the run that is training now (or the newest); its change
+    # event starts the polling when that run is still active.
+    demo.load(refresh, None, [run_pick, runs_df])
