@@ -1,0 +1,40 @@
+"""`load()`: read any supported source and return normalized rows plus the problems found.
+
+    python -m finetune data inspect sample:contacts
+"""
+
+from __future__ import annotations
+
+from finetune.data import formats, readers
+from finetune.data.types import Loaded, ProblemLog
+from finetune.errors import DataError
+
+
+def load(source: str, fmt: str = "auto", mapping: dict | None = None,
+         system_prompt: str = "") -> Loaded:
+    """Normalized rows of `source` (file path, sample:NAME, or Hub id owner/name[:config][@split]).
+
+    Raises DataError when nothing usable can be read; otherwise row-level problems are listed in
+    Loaded.problems ("error": the data should be fixed before training; "warning": rows skipped).
+    """
+    fmt = (fmt or "auto").strip().lower()
+    try:
+        log = ProblemLog(source)
+        table = readers.read(source, log)
+        log.source = table.label
+        rows, fmt_used, skipped = formats.normalize(table, fmt, mapping, system_prompt, log)
+    except DataError:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a bad file must only ever surface as a DataError
+        raise DataError(f"{source}: could not be read ({type(e).__name__}: {e}).") from e
+    n_raw = len(table.rows) + log.count_kind("invalid JSON")
+    problems = log.problems()
+    if not rows:
+        reasons = "; ".join(f"{n} {why}" for why, n in skipped.items()) or "no rows"
+        first = "\n  - ".join(p.message for p in problems[:6])
+        raise DataError(f"{table.label}: no usable rows ({n_raw} read: {reasons})."
+                        + (f"\n  - {first}" if first else ""))
+    return Loaded(rows=rows, format=fmt_used, source=source, columns=list(table.columns),
+                  problems=problems, n_raw=n_raw, detected=(fmt == "auto"), skipped=skipped)
