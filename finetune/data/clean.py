@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-import orjson
-
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # Digits in groups (optionally +country, (area)), 7 to 15 digits in all; dates are left alone.
 PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,5}(?:[\s.-]\d{2,5}){1,4}(?![\w-])")
@@ -18,13 +16,16 @@ DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$|^\d{2}[./-]\d{2}[./-]\d{4}$")
 EMAIL_MASK, PHONE_MASK = "[EMAIL]", "[PHONE]"
 
 
-def row_key(row: dict) -> bytes:
-    return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+def row_key(row: dict):
+    """Equal for rows with the same text and turns (the system prompt included)."""
+    if "text" in row:
+        return row["text"]
+    return tuple((m["role"], m["content"]) for m in row["messages"])
 
 
 def dedupe(rows: list[dict]) -> tuple[list[dict], int]:
     """Rows without exact repeats (first one kept), and how many repeats were removed."""
-    seen: set[bytes] = set()
+    seen: set = set()
     out = []
     for row in rows:
         key = row_key(row)

@@ -173,31 +173,38 @@ def _conversation(turns, where, field, log):
     if not isinstance(turns, list):
         _fail(log, "not a list", f"{where}, field '{field}': expected a list of messages, got "
               f"{_kind(turns)}. Row skipped.")
-    messages = []
-    for j, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            _fail(log, "bad message", f"{where}, {field}[{j}]: expected an object with role and "
-                  f"content, got {_kind(turn)}. Row skipped.")
-        role = turn.get("role", turn.get("from"))
-        if role is None:
-            _fail(log, "no role", f"{where}, {field}[{j}]: no 'role' (or ShareGPT 'from') field; "
-                  f"found {', '.join(map(str, turn)) or 'no fields'}. Row skipped.")
-        mapped = ROLES.get(str(role).strip().lower())
-        if mapped is None:
-            _fail(log, f"unknown role {role!r}",
-                  f"{where}, {field}[{j}].{'role' if 'role' in turn else 'from'}: unknown role "
-                  f"{role!r}; expected system, user or assistant (ShareGPT: system, human, gpt). "
-                  "Row skipped.", summary=f"unknown role {role!r}")
-        content = turn.get("content", turn.get("value", turn.get("text")))
-        messages.append({"role": mapped, "content": _text(content, where, f"{field}[{j}].content", log)})
+    try:  # fast path for well-formed rows; `+ ""` raises TypeError unless the content is text
+        messages = [{"role": ROLES[t["role"]], "content": t["content"] + ""} for t in turns]
+    except (KeyError, TypeError):
+        messages = [_turn(turn, where, f"{field}[{j}]", log) for j, turn in enumerate(turns)]
     return _finish(messages, where, f"{field}[{len(messages) - 1}].content", log, field)
+
+
+def _turn(turn, where, field, log) -> dict:
+    if not isinstance(turn, dict):
+        _fail(log, "bad message", f"{where}, {field}: expected an object with role and "
+              f"content, got {_kind(turn)}. Row skipped.")
+    role = turn.get("role", turn.get("from"))
+    if role is None:
+        _fail(log, "no role", f"{where}, {field}: no 'role' (or ShareGPT 'from') field; "
+              f"found {', '.join(map(str, turn)) or 'no fields'}. Row skipped.")
+    mapped = ROLES.get(str(role).strip().lower())
+    if mapped is None:
+        _fail(log, f"unknown role {role!r}",
+              f"{where}, {field}.{'role' if 'role' in turn else 'from'}: unknown role "
+              f"{role!r}; expected system, user or assistant (ShareGPT: system, human, gpt). "
+              "Row skipped.", summary=f"unknown role {role!r}")
+    content = turn.get("content", turn.get("value", turn.get("text")))
+    return {"role": mapped, "content": _text(content, where, f"{field}.content", log)}
 
 
 def _finish(messages, where, answer_field, log, field=None):
     """Empty rows -> None; the row must end with a non-empty assistant reply."""
+    last = messages[-1]
+    if last["role"] == "assistant" and last["content"].strip():
+        return {"messages": messages}
     if not any(m["content"].strip() for m in messages):
         return None
-    last = messages[-1]
     if last["role"] != "assistant":
         _fail(log, "no final answer", f"{where}, field '{field}': the last message is from "
               f"'{last['role']}'; a training row must end with an assistant reply (what the model "

@@ -19,11 +19,11 @@ FORMAT_FIELDS = {
     "text": ["text"],
 }
 FORMAT_HELP = {
-    "messages": "messages: a list of {role, content} (OpenAI)",
-    "sharegpt": "conversations: a list of {from, value} (ShareGPT: human/gpt/system)",
-    "alpaca": "instruction, input (optional), output (Alpaca)",
-    "prompt_completion": "prompt, completion",
-    "text": "text (raw text; one document per line in a .txt file)",
+    "messages": "column 'messages': a list of {role, content} (OpenAI)",
+    "sharegpt": "column 'conversations': a list of {from, value} (ShareGPT: human/gpt/system)",
+    "alpaca": "columns instruction, input (optional), output (Alpaca)",
+    "prompt_completion": "columns prompt, completion",
+    "text": "column 'text' (raw text; one document per line in a .txt file)",
 }
 MAPPABLE = sorted({f for fields in FORMAT_FIELDS.values() for f in fields})
 

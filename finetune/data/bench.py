@@ -1,0 +1,60 @@
+"""How long `data inspect` takes on 100,000 chat rows (the target: under 5 s on 2 cores).
+
+    python -m finetune bench data
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from finetune.data.inspect import run_inspect
+
+N_ROWS = 100_000
+_WORDS = ("please order invoice shipping refund account password delivery late broken screen "
+          "battery replace address change cancel subscription upgrade plan billing error login "
+          "email phone number city company name contact tomorrow monday urgent thanks").split()
+
+
+def make_rows(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    system = "Classify the support ticket into one of: billing, shipping, account, technical."
+    for i in range(n):
+        user = " ".join(rng.choices(_WORDS, k=rng.randint(12, 60))) + f" (ticket {i})"
+        answer = rng.choice(["billing", "shipping", "account", "technical"])
+        yield {"messages": [{"role": "system", "content": system},
+                            {"role": "user", "content": user},
+                            {"role": "assistant", "content": answer}]}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_inspect(n_rows: int = N_ROWS) -> dict:
+    """Write n_rows of chat JSONL to a temp dir and time run_inspect on it (output discarded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.jsonl"
+        with path.open("wb") as f:
+            for row in make_rows(n_rows):
+                f.write(orjson.dumps(row) + b"\n")
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = run_inspect(str(path), max_length=512)
+        seconds = time.perf_counter() - start
+    return {"rows": n_rows, "seconds": round(seconds, 2), "exit_code": code, "cpu": cpu_model(),
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}

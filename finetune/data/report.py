@@ -1,0 +1,114 @@
+"""One pass over a source for people: load, clean, measure, and a summary of what was understood.
+
+Shared by `python -m finetune data inspect` and the Data tab, so both say the same things.
+
+    python -m finetune data inspect my.jsonl --json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune.data import clean
+from finetune.data.loader import load
+from finetune.data.stats import TokenCounter, length_stats
+from finetune.data.types import FORMAT_HELP, Loaded, Problem
+
+
+@dataclass
+class Analysis:
+    loaded: Loaded
+    rows: list[dict]  # after cleaning: duplicates removed, masked, long rows dropped if asked
+    lengths: list[int]  # tokens per row of `rows`
+    summary: dict  # JSON-ready: see summarize()
+
+
+def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",
+            max_length: int | None = None, mask_emails: bool = False, mask_phones: bool = False,
+            drop_long: bool = False, counter: TokenCounter | None = None) -> Analysis:
+    """Raises DataError when the source cannot be read at all."""
+    loaded = load(source, fmt, mapping=mapping, system_prompt=system_prompt)
+    rows, duplicates = clean.dedupe(loaded.rows)
+    masked = None
+    if mask_emails or mask_phones:
+        rows, masked = clean.mask_rows(rows, emails=mask_emails, phones=mask_phones)
+    counter = counter or TokenCounter(None)
+    lengths = counter.lengths(rows, max_length)
+    problems = list(loaded.problems)
+    tokens = {**length_stats(lengths, max_length), "counted_with": counter.note,
+              "exact": counter.exact}
+    dropped = 0
+    longer = tokens.get("longer", 0)
+    if max_length and drop_long and longer:
+        kept = [(r, n) for r, n in zip(rows, lengths) if n <= max_length]
+        dropped = len(rows) - len(kept)
+        rows, lengths = [r for r, _ in kept], [n for _, n in kept]
+    elif longer:
+        problems.append(Problem("warning", long_rows_message(longer, len(rows), max_length,
+                                                             tokens["max"])))
+    if not rows:
+        problems.append(Problem("error", f"{source}: no rows are left after cleaning "
+                                         f"({dropped} longer than {max_length} tokens dropped)."))
+    summary = {
+        "source": source,
+        "format": loaded.format,
+        "format_detected": loaded.detected,
+        "format_help": FORMAT_HELP[loaded.format],
+        "columns": loaded.columns,
+        "ignored_columns": loaded.ignored_columns,
+        "rows": {"read": loaded.n_raw, "usable": len(loaded.rows), "duplicates": duplicates,
+                 "empty": loaded.skipped.get("empty", 0),
+                 "skipped": sum(n for k, n in loaded.skipped.items() if k != "empty"),
+                 "long_dropped": dropped, "kept": len(rows)},
+        "masked": masked,
+        "tokens": tokens,
+        "problems": [{"level": p.level, "message": p.message} for p in problems],
+        "usable": bool(rows) and not any(p.level == "error" for p in problems),
+    }
+    return Analysis(loaded, rows, lengths, summary)
+
+
+def long_rows_message(longer: int, total: int, max_length: int, longest: int) -> str:
+    return (f"{longer} of {total} rows are longer than the max length of {max_length} tokens "
+            f"(longest: {longest}). Training truncates them to {max_length} tokens, which cuts "
+            "the end of the reply. Choose: raise max_length, or drop these rows (Data tab: "
+            "'Drop rows longer than the max length').")
+
+
+def error_summary(source: str, message: str) -> dict:
+    return {"source": source, "usable": False,
+            "problems": [{"level": "error", "message": message}]}
+
+
+def format_text(summary: dict) -> str:
+    """The summary as plain text for a terminal."""
+    lines = [f"source:   {summary['source']}"]
+    if "format" in summary:
+        how = "detected" if summary["format_detected"] else "as requested"
+        lines.append(f"format:   {summary['format']} ({how}: {summary['format_help']})")
+        ignored = summary["ignored_columns"]
+        lines.append(f"columns:  {', '.join(summary['columns'])}"
+                     + (f"  (ignored: {', '.join(ignored)})" if ignored else ""))
+        r = summary["rows"]
+        lines.append(f"rows:     {r['read']} read, {r['usable']} usable, {r['kept']} after cleaning")
+        lines.append(f"cleaning: {r['duplicates']} exact duplicates removed, {r['empty']} empty "
+                     f"rows, {r['skipped']} rows skipped for problems"
+                     + (f", {r['long_dropped']} too long dropped" if r["long_dropped"] else ""))
+        if summary.get("masked"):
+            m = summary["masked"]
+            lines.append(f"masked:   {m['emails']} e-mail addresses, {m['phones']} phone numbers "
+                         f"in {m['rows']} rows")
+        t = summary["tokens"]
+        if "max" in t:
+            lines.append(f"tokens:   min {t['min']}, median {t['median']}, 95% {t['p95']}, "
+                         f"max {t['max']} per row; counted with {t['counted_with']}")
+        if "max_length" in t:
+            lines.append(f"          {t['longer']} rows longer than --max-length {t['max_length']}")
+        else:
+            lines.append("          (--max-length N counts the rows that would be truncated)")
+    problems = summary["problems"]
+    lines.append(f"problems: {len(problems) or 'none'}")
+    lines += [f"  {p['level'].upper()}: {p['message']}" for p in problems]
+    lines.append("usable:   " + ("yes" if summary["usable"] else
+                                 "no - fix the errors above, then inspect again"))
+    return "\n".join(lines)
