@@ -112,7 +112,7 @@ def cmd_train(args) -> int:
     if args.dry_run:
         resolved, reasons = jobs.resolve_config(cfg)
         for name, reason in reasons.items():
-            print(f"{name:24s} {getattr(resolved, name)!s:>12}  {reason}")
+            print(f"{name:24s} {getattr(resolved, name, '')!s:>12}  {reason}")
         return 0
     run_dir = jobs.reuse_or_prepare(args.config, cfg)
     status = train.run(run_dir)

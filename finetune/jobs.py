@@ -49,8 +49,10 @@ def gather_facts(cfg: RunConfig):
     gflops = hardware.probe()
     precision, why = hardware.choose_precision(hw, gflops)
     return resolve.Facts(n_rows=len(rows), lengths=lengths, has_val_file=bool(cfg.val_data),
+                         data_format=splits.report["format"],
                          precision=precision, precision_reason=why, device=hw.device,
-                         memory_gb=hw.memory_gb, **shape), source, shape
+                         memory_gb=hw.memory_gb,
+                         **{k: v for k, v in shape.items() if k != "lora_per_rank"}), source, shape
 
 
 def model_shape(source) -> dict:
@@ -86,7 +88,6 @@ def prepare_run(cfg: RunConfig) -> Path:
     resolved, reasons = resolve_config(cfg)
     hint = cfg.name or f"{Path(str(cfg.data).split(':')[-1]).stem}-{cfg.method}"
     run_dir = runinfo.new_run_dir(hint)
-    resolved = resolved.replace(name=run_dir.name)
     resolved.save(run_dir / "config.yaml")
     runinfo.write_resolved(run_dir, reasons)
     runinfo.update_status(run_dir, state="queued", created=time.time(), step=0,
@@ -99,7 +100,8 @@ def reuse_or_prepare(config_path: str | None, cfg: RunConfig) -> Path:
     if config_path:
         run_dir = Path(config_path).resolve().parent
         status = runinfo.read_status(run_dir)
-        if status.get("state") == "queued" and not _alive(status):
+        ours = status.get("pid") == os.getpid()  # spawned for this very run by start()
+        if status.get("state") in ("queued", "starting") and (ours or not _alive(status)):
             return run_dir
     return prepare_run(cfg)
 

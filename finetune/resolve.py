@@ -34,6 +34,7 @@ class Facts:
     memory_gb: float
     precision: str
     precision_reason: str
+    data_format: str = "messages"  # what finetune.data detected
 
 
 def token_lengths(rows: list[dict], tokenizer) -> list[int]:
@@ -86,8 +87,12 @@ def effective_batch(n_train: int) -> int:
     return 16 if n_train >= 5000 else 8
 
 
+def model_size(n_params: int) -> str:
+    return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.3g}M"
+
+
 def learning_rate(method: str, n_params: int) -> tuple[float, str]:
-    size = f"{n_params / 1e6:,.0f}M parameters"
+    size = f"{model_size(n_params)} parameters"
     if method in ("lora", "qlora"):
         lr = 2e-4 if n_params < 3e9 else 1e-4
         return lr, f"{method} adapters on a model of {size} learn fast at this rate"
@@ -97,8 +102,8 @@ def learning_rate(method: str, n_params: int) -> tuple[float, str]:
 
 def lora_rank(n_params: int) -> tuple[int, str]:
     if n_params < 1e10:
-        return 16, f"enough capacity for one task on a {n_params / 1e9:.2g}B model"
-    return 8, f"a {n_params / 1e9:.2g}B model needs little extra capacity per task"
+        return 16, f"enough capacity for one task on a {model_size(n_params)} model"
+    return 8, f"a {model_size(n_params)} model needs little extra capacity per task"
 
 
 def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[RunConfig, dict]:
@@ -115,6 +120,7 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
             values[name], reasons[name] = getattr(cfg, name), "set by you"
         return values[name]
 
+    decide("data_format", f.data_format, "detected from the data's columns")
     decide("precision", f.precision, f.precision_reason)
     vf = decide("val_fraction", *val_fraction(f))
     n_train = f.n_rows - round(float(vf) * f.n_rows)

@@ -1,0 +1,109 @@
+"""Background runs: started from the Train tab's handler, stopped, killed, reattached, resumed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from finetune import config, jobs, runinfo, train
+
+
+def _cfg(tiny_model, tiny_data, **kw):
+    settings = dict(model=str(tiny_model), data=str(tiny_data), max_steps=12, batch_size=4,
+                    grad_accum=1, eval_steps=2, save_steps=2, learning_rate=3e-3, method="lora",
+                    lora_r=4, early_stopping=False)
+    settings.update(kw)
+    return config.RunConfig(**settings)
+
+
+def _wait(run_dir, predicate, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = jobs.status(run_dir)
+        if predicate(st):
+            return st
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; status: {jobs.status(run_dir)}\n{runinfo.log_tail(run_dir)}")
+
+
+def test_run_started_from_the_train_tab_writes_metrics_the_live_view_plots(tiny_model, tiny_data):
+    from finetune.ui import train_tab
+
+    names = list(config.FIELDS)
+    cfg = _cfg(tiny_model, tiny_data, max_steps=6)
+    run_dir = jobs.prepare_run(cfg)
+    jobs.start(run_dir)
+    st = _wait(run_dir, lambda s: s.get("state") in runinfo.FINAL)
+    assert st["state"] == "completed", runinfo.log_tail(run_dir)
+    text, loss, lr, log, active = train_tab.live_view(str(run_dir))
+    assert "completed" in text and "step 6 of 6" in text
+    assert set(loss["series"]) == {"train", "validation"} and len(loss) >= 6
+    assert len(lr) >= 6 and not active
+    assert train_tab.config_from_widgets(names, [getattr(cfg, n) for n in names]) == cfg
+
+
+def test_a_second_start_while_one_runs_is_refused(tiny_model, tiny_data):
+    import pytest
+
+    from finetune.errors import RunError
+
+    first = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=400, save_steps=400,
+                                  eval_steps=400))
+    jobs.start(first)
+    _wait(first, lambda s: s.get("state") == "running")
+    second = jobs.prepare_run(_cfg(tiny_model, tiny_data))
+    with pytest.raises(RunError, match="one training at a time"):
+        jobs.start(second)
+    jobs.stop(first)
+
+
+def test_stop_ends_the_process_tree_in_time_and_saves_the_adapter(tiny_model, tiny_data):
+    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=400, save_steps=400,
+                                    eval_steps=400))
+    pid = jobs.start(run_dir)
+    _wait(run_dir, lambda s: s.get("state") == "running" and s.get("step", 0) >= 2)
+    t0 = time.time()
+    st = jobs.stop(run_dir)
+    assert time.time() - t0 < 10
+    assert st["state"] == "stopped", st
+    assert "stopped by request at step" in st["end_reason"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if str(run_dir) in " ".join(p.info["cmdline"] or [])]
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    # The step it stopped at was checkpointed, so resume continues from there.
+    assert runinfo.latest_checkpoint(run_dir).name == f"checkpoint-{st['step']}"
+
+
+def test_killed_training_shows_as_interrupted_and_resumes_to_the_same_final_step(tiny_model,
+                                                                                  tiny_data):
+    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=12))
+    pid = jobs.start(run_dir)
+    _wait(run_dir, lambda s: runinfo.latest_checkpoint(run_dir) is not None)
+    os.kill(pid, signal.SIGKILL)
+    st = _wait(run_dir, lambda s: s.get("state") == "interrupted", timeout=30)
+    assert "ended unexpectedly" in st["end_reason"] and "resume continues from checkpoint-" in \
+        st["end_reason"]
+    assert [r["status"] for r in jobs.runs_table()] == ["interrupted"]
+    killed_at = runinfo.latest_checkpoint(run_dir).name
+    status = train.run(run_dir, resume=True)
+    assert status["state"] == "completed" and status["step"] == 12
+    assert f"resuming from {killed_at}" in (run_dir / "train.log").read_text()
+
+
+def test_training_survives_the_app_being_killed_and_is_reattached(tiny_model, tiny_data):
+    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=10))
+    app = subprocess.Popen([sys.executable, "-c",
+                            "import sys, time; from finetune import jobs; from pathlib import Path;"
+                            "jobs.start(Path(sys.argv[1])); time.sleep(600)", str(run_dir)],
+                           env=os.environ.copy())
+    _wait(run_dir, lambda s: s.get("state") == "running")
+    app.kill()  # kill -9 of the app
+    app.wait()
+    # A new app process finds the run by reading the run directory, and it completes.
+    assert jobs.active_run() == run_dir
+    st = _wait(run_dir, lambda s: s.get("state") in runinfo.FINAL)
+    assert st["state"] == "completed" and st["step"] == 10

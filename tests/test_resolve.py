@@ -1,0 +1,108 @@
+"""Auto settings: each edge case gets a sensible concrete value and a reason a user can read."""
+
+import random
+
+from finetune import config, hardware, resolve
+
+SMOL = dict(n_params=134_515_008, hidden=576, layers=30, vocab=49152, context=8192)
+
+
+def facts(n_rows, lengths=None, memory_gb=23.0, precision=("fp32", "probe"), device="cpu",
+          has_val_file=False, **shape):
+    rng = random.Random(0)
+    lengths = lengths if lengths is not None else [rng.randint(60, 110) for _ in range(min(n_rows, 5000))]
+    return resolve.Facts(n_rows=n_rows, lengths=lengths, has_val_file=has_val_file,
+                         device=device, memory_gb=memory_gb, precision=precision[0],
+                         precision_reason=precision[1], **{**SMOL, **shape})
+
+
+def run(cfg=None, **kw):
+    return resolve.resolve(cfg or config.RunConfig(), facts(**kw), lora_params_per_rank=60_000)
+
+
+def test_every_auto_setting_gets_a_concrete_value_and_a_reason():
+    resolved, reasons = run(n_rows=360)
+    for name in config.AUTO_FIELDS:
+        assert getattr(resolved, name) != "auto", name
+        assert reasons[name], name
+    resolved.validate()
+
+
+def test_360_rows_one_epoch_batch_8():
+    resolved, reasons = run(n_rows=360)
+    assert resolved.batch_size * resolved.grad_accum == 8
+    assert resolved.epochs == 1.0 and resolved.max_steps == 41  # 324 training rows / 8
+    assert resolved.val_fraction == 0.1 and "36 of 360 rows held out" in reasons["val_fraction"]
+    assert resolved.learning_rate == 2e-4 and resolved.lora_r == 16 and resolved.lora_alpha == 32
+    assert resolved.gradient_checkpointing == "off"
+    assert resolved.save_steps == resolved.eval_steps
+    assert reasons["memory"].startswith("fits")
+
+
+def test_one_row():
+    resolved, reasons = run(n_rows=1, lengths=[40])
+    assert resolved.val_fraction == 0.0 and "only 1 rows" in reasons["val_fraction"]
+    assert resolved.batch_size == 1 and resolved.grad_accum == 1
+    assert resolved.epochs == 10 and resolved.max_steps == 10
+    assert resolved.max_length == 40
+
+
+def test_twenty_rows_are_repeated_to_reach_enough_steps():
+    resolved, reasons = run(n_rows=20)
+    assert resolved.val_fraction > 0  # 4 rows held out
+    assert resolved.batch_size * resolved.grad_accum == 4
+    assert resolved.max_steps >= 30 and "repeated" in reasons["epochs"]
+
+
+def test_fifty_thousand_rows():
+    resolved, reasons = run(n_rows=50_000)
+    assert resolved.epochs == 1.0
+    assert resolved.batch_size * resolved.grad_accum == 16
+    assert round(resolved.val_fraction * 50_000) == 200  # capped: validation stays cheap
+    assert resolved.max_steps == 3113
+    assert resolved.eval_steps == 312
+    assert "sampled rows" in reasons["max_length"]  # 5,000 of 50,000 measured
+
+
+def test_rows_longer_than_the_model_context_are_cut_at_the_context():
+    lengths = [100] * 90 + [9000] * 10
+    resolved, reasons = run(n_rows=100, lengths=lengths)
+    assert resolved.max_length == 8192
+    assert "context is 8192" in reasons["max_length"] and "10 of 100" in reasons["max_length"]
+
+
+def test_a_few_outliers_do_not_stretch_every_batch():
+    lengths = [100] * 995 + [3000] * 5
+    resolved, reasons = run(n_rows=1000, lengths=lengths)
+    assert resolved.max_length == 104
+    assert "5 truncated" in reasons["max_length"]
+
+
+def test_machine_without_native_bf16_gets_fp32_from_the_probe():
+    precision, why = hardware.choose_precision(
+        hardware.Hardware("cpu", "AMD EPYC", 23, 2, ["avx2"]), {"fp32": 55.0, "bf16": 0.9})
+    resolved, reasons = run(n_rows=360, precision=(precision, why))
+    assert resolved.precision == "fp32" and "bf16 1 vs fp32 55 GFLOP/s" in reasons["precision"]
+
+
+def test_little_memory_shrinks_the_batch_then_checkpoints_and_says_when_it_cannot_fit():
+    roomy, _ = run(n_rows=360, lengths=[2000] * 360)
+    tight, reasons = run(n_rows=360, lengths=[2000] * 360, memory_gb=6.0)
+    assert tight.batch_size < roomy.batch_size
+    assert tight.batch_size * tight.grad_accum == 8
+    _, reasons = run(n_rows=360, lengths=[2000] * 360, memory_gb=1.0)
+    assert reasons["memory"].startswith("WILL NOT FIT") and "qlora" in reasons["memory"]
+
+
+def test_user_values_are_kept():
+    cfg = config.RunConfig(batch_size=2, learning_rate=1e-3, max_length=64, lora_r=4)
+    resolved, reasons = run(cfg, n_rows=360)
+    assert (resolved.batch_size, resolved.learning_rate, resolved.max_length, resolved.lora_r) == \
+        (2, 1e-3, 64, 4)
+    assert reasons["batch_size"] == "set by you" and resolved.lora_alpha == 8
+    assert resolved.grad_accum == 4
+
+
+def test_full_fine_tuning_uses_a_smaller_learning_rate():
+    resolved, reasons = run(config.RunConfig(method="full"), n_rows=360)
+    assert resolved.learning_rate == 5e-5 and "full fine-tuning" in reasons["learning_rate"]

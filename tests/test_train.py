@@ -1,0 +1,74 @@
+"""Training: a short real run on a tiny model writes the run directory and its loss falls."""
+
+import json
+
+import pytest
+
+from finetune import config, jobs, runinfo, train
+
+
+def tiny_config(tiny_model, tiny_data, **kw):
+    settings = dict(model=str(tiny_model), data=str(tiny_data), max_steps=16, batch_size=4,
+                    grad_accum=1, eval_steps=4, save_steps=4, learning_rate=3e-3, method="full",
+                    early_stopping=False, warmup_ratio=0.0, lr_scheduler="constant")
+    settings.update(kw)
+    return config.RunConfig(**settings)
+
+
+def test_full_run_writes_the_run_directory_and_loss_falls(tiny_model, tiny_data):
+    run_dir = jobs.prepare_run(tiny_config(tiny_model, tiny_data))
+    assert runinfo.read_status(run_dir)["state"] == "queued"
+    saved = config.load(run_dir / "config.yaml")
+    assert "auto" not in [getattr(saved, n) for n in ("max_length", "precision", "val_fraction")]
+    reasons = runinfo.read_resolved(run_dir)
+    assert reasons["batch_size"] == "set by you" and "covers" in reasons["max_length"]
+
+    status = train.run(run_dir)
+    assert status["state"] == "completed", status
+    assert "finished all 16 steps" in status["end_reason"]
+    losses = [m["loss"] for m in runinfo.read_metrics(run_dir) if "loss" in m]
+    assert len(losses) == 16
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4  # it learned
+    assert any("eval_loss" in m for m in runinfo.read_metrics(run_dir))
+    assert (run_dir / "model" / "config.json").is_file()
+    assert runinfo.result_dir(run_dir) == run_dir / "model"
+    assert (run_dir / "train.log").read_text()
+
+
+def test_lora_run_saves_an_adapter(tiny_model, tiny_data):
+    cfg = tiny_config(tiny_model, tiny_data, method="lora", max_steps=4, eval_steps=2,
+                      save_steps=2, lora_r=4)
+    run_dir = jobs.prepare_run(cfg)
+    status = train.run(run_dir)
+    assert status["state"] == "completed", status
+    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4
+
+
+def test_early_stopping_keeps_the_best_checkpoint_and_says_why(tiny_model, tiny_data):
+    # A learning rate this high makes validation loss worse after the first evaluations.
+    cfg = tiny_config(tiny_model, tiny_data, max_steps=40, eval_steps=2, save_steps=2,
+                      learning_rate=0.05, early_stopping=True, early_stopping_patience=2)
+    status = train.run(jobs.prepare_run(cfg))
+    assert status["state"] == "completed"
+    assert status["end_reason"].startswith("validation loss flat for 2 evaluations at step")
+    assert status["best_step"] < 40 and f"best at step {status['best_step']}" in status["end_reason"]
+
+
+def test_bad_data_fails_before_training_with_the_reason(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"oops": 1}\n')
+    from finetune.errors import DataError
+
+    with pytest.raises(DataError):
+        jobs.prepare_run(tiny_config(tiny_model, bad))
+
+
+def test_cli_train_prints_the_run_directory_last(tiny_model, tiny_data, capsys):
+    from finetune.cli import main
+
+    code = main(["train", "--model", str(tiny_model), "--data", str(tiny_data),
+                 "--max-steps", "2", "--eval-steps", "2", "--save-steps", "2"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert (runinfo.run_path(out[-1]) / "config.yaml").is_file()
