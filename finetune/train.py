@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from finetune import runinfo
-from finetune.errors import FinetuneError
+from finetune.errors import ConfigError, FinetuneError
 
 STOP_GRACE_S = 6.0  # after this long waiting for a step to end, abandon the step
 
@@ -165,7 +165,16 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
 
     from finetune import data, hardware, models
 
+    import datasets
+
+    datasets.disable_progress_bars()
     cfg = runinfo.load_config(run_dir)
+    if cfg.report_to == "trackio":
+        import importlib.util
+
+        if importlib.util.find_spec("trackio") is None:
+            raise ConfigError("report_to is 'trackio' but trackio is not installed: "
+                              "pip install trackio, or set report_to to 'none'.")
     hw = hardware.detect()
     if hw.device == "cpu":
         torch.set_num_threads(hw.threads)

@@ -72,3 +72,15 @@ def test_cli_train_prints_the_run_directory_last(tiny_model, tiny_data, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert (runinfo.run_path(out[-1]) / "config.yaml").is_file()
+
+
+def test_qlora_loads_a_4bit_base_and_trains(tiny_model, tiny_data):
+    from finetune import models
+
+    model = models.load_model(models.resolve(str(tiny_model)), quantize_4bit=True)
+    assert getattr(model, "is_loaded_in_4bit", False)
+    assert "Linear4bit" in {type(m).__name__ for m in model.modules()}
+    cfg = tiny_config(tiny_model, tiny_data, method="qlora", max_steps=3, eval_steps=3,
+                      save_steps=3, lora_r=4)
+    status = train.run(jobs.prepare_run(cfg))
+    assert status["state"] == "completed", status
