@@ -290,3 +290,14 @@ def _columns(rows: list) -> list[str]:
         if isinstance(row, dict):
             seen.update(dict.fromkeys(row))
     return list(seen)
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    """Normalized rows as JSONL (what `load` reads back as the same rows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        for row in rows:
+            f.write(orjson.dumps(row) + b"\n")
+    tmp.replace(path)
+    return path

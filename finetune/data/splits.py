@@ -69,6 +69,11 @@ def _fraction(value, default: float) -> float:
 def prepare(cfg, val_fraction: float) -> Splits:
     """Train/val/test rows for a RunConfig; a DataError when the data cannot be trained on."""
     loaded = load_usable(cfg.data, cfg.data_format, cfg.system_prompt, "training")
+    return split(loaded, cfg, val_fraction)
+
+
+def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
+    """prepare() for data already loaded (the Data tab has it in hand)."""
     rows, duplicates = clean.dedupe(loaded.rows)
     val_fraction = _fraction(val_fraction, DEFAULT_VAL_FRACTION)
     sources = {"train": cfg.data}
