@@ -4,6 +4,7 @@
     python -m finetune bench train --json    # LoRA training tokens/s on the bundled model
     python -m finetune bench chat            # time to first token, decode tokens/s
     python -m finetune bench data            # `data inspect` on 100,000 rows
+    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~1 h)
 """
 
 from __future__ import annotations
@@ -53,8 +54,15 @@ def bench_data() -> dict:
     return bench_inspect()
 
 
+def bench_defaults() -> dict:
+    from finetune.bench_defaults import bench_defaults as run
+
+    return run()
+
+
 BENCHES = {"hardware": bench_hardware, "data": bench_data, "chat": bench_chat,
-           "train": bench_train}
+           "train": bench_train, "defaults": bench_defaults}
+QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about an hour
 
 
 def main(what: list[str], as_json: bool = False) -> int:
@@ -65,7 +73,7 @@ def main(what: list[str], as_json: bool = False) -> int:
         raise ConfigError(f"Unknown benchmark(s) {', '.join(unknown)}: choose from "
                           f"{', '.join(BENCHES)}.")
     results = {}
-    for name in what or list(BENCHES):
+    for name in what or QUICK:
         results[name] = BENCHES[name]()
         if not as_json:
             print(f"{name}: {json.dumps(results[name], default=str)}", flush=True)
