@@ -1,0 +1,195 @@
+"""Chat with a run's tuned model (adapter merged) or any model, streaming through its chat template.
+
+    python -m finetune chat runs/NAME --prompt "..."            # the tuned model
+    python -m finetune chat runs/NAME --prompt "..." --base     # the model it started from
+    python -m finetune chat SmolLM2-135M-Instruct --prompt "..."
+
+Loaded models stay in a small cache (at most two: base and tuned, for side-by-side chat), so
+the Chat tab does not reload on every message; a retrained run is reloaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from finetune.errors import RunError
+
+
+@dataclass(frozen=True)
+class Target:
+    """What answers: `kind` 'tuned' (a run's merged model) or 'base' (a plain model)."""
+
+    kind: str
+    path: str  # the run directory (tuned) or the model's from_pretrained path (base)
+    label: str
+    source: Any = None  # models.ModelSource of a base model
+
+
+def resolve_target(target: str | Path, base: bool = False) -> Target:
+    """A run (by directory or name) -> its tuned model, or its base model with base=True;
+    anything else -> a model (bundled name, local directory, Hub id)."""
+    from finetune import models, paths, runinfo
+
+    try:
+        run_dir = runinfo.run_path(target)
+    except RunError:
+        if (paths.runs_dir() / str(target)).is_dir():  # a run folder without its config
+            raise
+        source = models.resolve(str(target))
+        return Target("base", source.path, source.name, source)
+    cfg = runinfo.load_config(run_dir)
+    if base:
+        source = models.resolve(cfg.model)
+        return Target("base", source.path, f"{source.name} (base of {run_dir.name})", source)
+    if runinfo.result_dir(run_dir) is None:
+        state = runinfo.read_status(run_dir).get("state", "not started")
+        raise RunError(f"Run {run_dir.name} has no trained model yet (state: {state}): wait "
+                       "until it finishes, or chat with its base model.")
+    return Target("tuned", str(run_dir), f"{run_dir.name} (tuned)")
+
+
+class ModelCache:
+    """Loaded (model, tokenizer) pairs keyed by (kind, path); the least recently used goes first.
+
+    A tuned entry remembers when its weights were written, so a retrained or resumed run is
+    loaded afresh."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], tuple[float, Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, target: Target, log=print) -> tuple[Any, Any]:
+        key = (target.kind, target.path)
+        stamp = _weights_stamp(target)
+        with self._lock:  # one load at a time: two users asking at once share one copy
+            hit = self._items.get(key)
+            if hit and hit[0] == stamp:
+                self._items.move_to_end(key)
+                return hit[1], hit[2]
+            self._items.pop(key, None)
+            while len(self._items) >= self.size:
+                self._items.popitem(last=False)
+            _release()
+            log(f"Loading {target.label}...")
+            model, tokenizer = _load(target)
+            self._items[key] = (stamp, model, tokenizer)
+            return model, tokenizer
+
+    def keys(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            _release()
+
+
+CACHE = ModelCache(size=2)
+
+
+def _weights_stamp(target: Target) -> float:
+    if target.kind != "tuned":
+        return 0.0
+    from finetune import runinfo
+
+    result = runinfo.result_dir(Path(target.path))
+    if result is None:
+        return 0.0
+    return max((p.stat().st_mtime for p in result.iterdir() if p.is_file()), default=0.0)
+
+
+def _load(target: Target):
+    from finetune import hardware, models
+
+    device, dtype = hardware.inference_settings()
+    if target.kind == "tuned":
+        return models.load_tuned(Path(target.path), dtype=dtype, device=device, merge=True)
+    source = target.source or models.resolve(target.path)
+    model = models.load_model(source, dtype=dtype, device=device)
+    model.eval()
+    return model, models.load_tokenizer(source)
+
+
+def _release() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def finished_runs() -> list[Path]:
+    """Runs that have trained weights to answer with, newest first."""
+    from finetune import runinfo
+
+    return [r for r in runinfo.list_runs() if runinfo.result_dir(r) is not None]
+
+
+def suggested_system(run_dir: str | Path) -> str:
+    """The system prompt the run trained with: its `system_prompt`, else the one most common in
+    its first training rows (local files and samples only; '' when there is none)."""
+    from collections import Counter
+
+    from finetune import runinfo
+    from finetune.errors import FinetuneError
+
+    cfg = runinfo.load_config(Path(run_dir))
+    if cfg.system_prompt:
+        return cfg.system_prompt
+    if not (cfg.data.startswith("sample:") or Path(cfg.data).is_file()):
+        return ""
+    try:
+        from finetune import data
+
+        rows = data.load(cfg.data).rows[:50]
+    except (FinetuneError, OSError, ValueError):
+        return ""
+    found = Counter(m["content"] for r in rows for m in r.get("messages", [])[:1]
+                    if m.get("role") == "system")
+    return found.most_common(1)[0][0] if found else ""
+
+
+def parse_stops(text: str | Sequence[str] | None) -> list[str]:
+    """Stop strings from a textbox (one per line; '\\n' written out means a newline)."""
+    if not text:
+        return []
+    items = text.splitlines() if isinstance(text, str) else list(text)
+    return [s.replace("\\n", "\n") for s in items if s.strip()]
+
+
+def stream_reply(target: Target, history: Iterable[Any], system: str = "",
+                 max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                 stop: Sequence[str] = (), cache: ModelCache = CACHE, log=print) -> Iterator[str]:
+    """Pieces of the next assistant message after `history` (dicts as Gradio 6 sends them:
+    content may be a list of blocks)."""
+    from finetune import generation
+
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    messages = generation.to_messages(history, system)
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("the history must end with the user's message")
+    model, tokenizer = cache.get(target, log=log)
+    yield from generation.stream(model, tokenizer, messages, max_new_tokens=int(max_new_tokens),
+                                 temperature=float(temperature), top_p=float(top_p), stop=stop)
+
+
+def answer_once(target: str | Path, prompt: str, system: str = "", max_new_tokens: int = 256,
+                temperature: float = 0.0, top_p: float = 1.0, base: bool = False) -> Iterator[str]:
+    """Pieces of one answer to `prompt` (for the CLI)."""
+    import sys
+
+    resolved = resolve_target(target, base=base)
+    yield from stream_reply(resolved, [{"role": "user", "content": prompt}], system=system,
+                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            log=lambda *a: print(*a, file=sys.stderr))

@@ -1,0 +1,284 @@
+"""Did the fine-tune help? Base vs tuned on held-out rows: loss, perplexity and task metrics.
+
+    python -m finetune eval runs/NAME                 # the run's own test split
+    python -m finetune eval runs/NAME --data my.jsonl --limit 50 --json
+
+Loss is the mean negative log-likelihood of the answer tokens only (the last assistant turn,
+end-of-turn token included; prompt tokens are not scored), over the whole test split.
+Generation metrics use greedy answers to the first `limit` rows. The report is saved as
+eval.json in the run directory, which the Evaluate tab shows.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from finetune import metrics, runinfo
+from finetune.errors import ConfigError, DataError, RunError
+
+DEFAULT_LIMIT = 200  # generation metrics on at most this many rows unless asked for more
+MAX_LOSS_ROWS = 2000  # loss is one forward pass a row; more rows add little certainty
+ANSWER_ROOM = 1.5  # answers may run to 1.5x the longest reference (+8 tokens) before they are cut
+
+METRIC_LABELS = {  # key -> (label, format)
+    "exact_match": ("exact match", "pct"),
+    "json_valid": ("valid JSON", "pct"),
+    "rouge_l": ("ROUGE-L F1", "ratio"),
+    "bleu": ("BLEU", "bleu"),
+    "loss": ("loss (answer tokens)", "loss"),
+    "perplexity": ("perplexity", "loss"),
+}
+LOWER_IS_BETTER = {"loss", "perplexity"}
+
+FILTERS = {  # label in the Evaluate tab -> (base correct?, tuned correct?); None: either
+    "all": (None, None),
+    "tuned right, base wrong": (False, True),
+    "base right, tuned wrong": (True, False),
+    "both right": (True, True),
+    "both wrong": (False, False),
+    "tuned wrong": (None, False),
+}
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None = None,
+                 progress: Callable[[float, str], Any] | None = None, log=print) -> dict:
+    """Evaluate a run's base and tuned models on its test split (or `data`); save eval.json."""
+    started = time.time()
+    run_dir = Path(run_dir)
+    cfg = runinfo.load_config(run_dir)
+    if runinfo.result_dir(run_dir) is None:
+        state = runinfo.read_status(run_dir).get("state", "not started")
+        raise RunError(f"Run {run_dir.name} has no trained model yet (state: {state}): wait "
+                       "until it finishes, or resume it, then evaluate.")
+    if limit is not None and int(limit) < 1:
+        raise ConfigError(f"limit must be at least 1 (got {limit}); leave it out to use the "
+                          f"whole test split (at most {DEFAULT_LIMIT} rows).")
+    rows, described = _rows(cfg, data, log)
+    n_gen = min(len(rows), int(limit) if limit else DEFAULT_LIMIT)
+    loss_rows = rows[:MAX_LOSS_ROWS]
+    gen_rows = rows[:n_gen]
+
+    from finetune import generation, hardware, models
+
+    device, dtype = hardware.inference_settings()
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source)
+    max_new = min(2048, int(ANSWER_ROOM * max(
+        len(tokenizer(ref, add_special_tokens=False)["input_ids"]) for _, ref in gen_rows)) + 8)
+    max_length = cfg.max_length if isinstance(cfg.max_length, int) else 2048
+    batch = 16 if device == "cuda" else 8
+    log(f"Evaluating {run_dir.name} on {described}: loss on {len(loss_rows)} rows, answers to "
+        f"{n_gen} (greedy, up to {max_new} new tokens), {device} {dtype}")
+
+    # progress: each model does one loss pass and one generation pass; generation costs more
+    loss_batches = math.ceil(len(loss_rows) / batch)
+    gen_batches = math.ceil(n_gen / batch) * 4
+    per_model = 1 + loss_batches + gen_batches
+
+    def tell(model_index: int, units: float, desc: str) -> None:
+        if progress is not None:
+            progress(min(1.0, (model_index * per_model + units) / (2 * per_model)), desc)
+
+    report_metrics: dict[str, dict] = {}
+    answers: dict[str, list[str]] = {}
+    for index, kind in enumerate(("base", "tuned")):
+        tell(index, 0, f"Loading the {kind} model")
+        log(f"Loading the {kind} model...")
+        if kind == "base":
+            model = models.load_model(source, dtype=dtype, device=device)
+            model.eval()
+        else:
+            model, _ = models.load_tuned(run_dir, dtype=dtype, device=device, merge=True)
+        try:
+            nll, tokens = generation.completion_nll(
+                model, tokenizer, loss_rows, max_length=max_length, batch_size=batch,
+                on_batch=lambda done, total, i=index: tell(
+                    i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"))
+            answers[kind] = generation.generate_batch(
+                model, tokenizer, [p for p, _ in gen_rows], max_new, batch_size=batch,
+                on_batch=lambda done, total, i=index: tell(
+                    i, 1 + loss_batches + gen_batches * done / total,
+                    f"{kind}: answers {done}/{total}"))
+        finally:
+            del model  # release before the next model is loaded
+            gc.collect()
+            _empty_device_cache(device)
+        loss = nll / tokens if tokens else None
+        scores = metrics.compute(answers[kind], [r for _, r in gen_rows])
+        scores["loss"] = loss
+        scores["perplexity"] = math.exp(min(loss, 700)) if loss is not None else None
+        report_metrics[kind] = scores
+        log(f"{kind}: " + ", ".join(f"{k} {_fmt(k, v)}" for k, v in scores.items()))
+
+    examples = []
+    for i, (prompt, reference) in enumerate(gen_rows):
+        base, tuned = answers["base"][i], answers["tuned"][i]
+        examples.append({"prompt": prompt_text(prompt), "reference": reference, "base": base,
+                         "tuned": tuned, "base_correct": metrics.is_exact(base, reference),
+                         "tuned_correct": metrics.is_exact(tuned, reference)})
+    report = {
+        "run": run_dir.name,
+        "model": cfg.model,
+        "data": described,
+        "n_examples": n_gen,
+        "n_loss_examples": len(loss_rows),
+        "n_available": len(rows),
+        "max_new_tokens": max_new,
+        "device": device,
+        "dtype": dtype,
+        "metrics": report_metrics,
+        "examples": examples,
+        "seconds": round(time.time() - started, 1),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    runinfo._write_json(run_dir / "eval.json", report)
+    tell(1, per_model, "done")
+    log(f"Saved {run_dir / 'eval.json'} ({report['seconds']} s)")
+    return report
+
+
+def load_report(run_dir: str | Path) -> dict | None:
+    """The run's saved evaluation, or None."""
+    return runinfo.read_json(Path(run_dir) / "eval.json")
+
+
+def _rows(cfg, data: str | None, log) -> tuple[list[tuple[list[dict], str]], str]:
+    """(prompt messages, reference) pairs to evaluate on, and where they came from."""
+    from finetune import data as datamod
+    from finetune import generation
+
+    if data:
+        raw = datamod.load(str(data)).rows
+        described = str(data)
+    else:
+        vf = cfg.val_fraction if isinstance(cfg.val_fraction, (int, float)) else 0.0
+        raw = datamod.prepare(cfg, float(vf)).test
+        described = f"test split of {cfg.test_data or cfg.data}"
+    pairs, skipped = [], 0
+    for row in raw:
+        split = generation.split_row(row)
+        if split is None:
+            skipped += 1
+            continue
+        prompt, reference = split
+        pairs.append((generation.with_system(prompt, cfg.system_prompt), reference))
+    if skipped:
+        log(f"Left out {skipped} rows without an assistant answer to compare with.")
+    if not pairs:
+        where = f"{data}" if data else described
+        hint = ("give a file with chat rows (messages ending in an assistant answer)" if data
+                else "set test_data to a file, or evaluate on a file (--data / upload)")
+        raise DataError(f"Nothing to evaluate in {where}: no rows with an assistant answer "
+                        f"({len(raw)} rows read). To evaluate, {hint}.")
+    return pairs, described
+
+
+def prompt_text(prompt: list[dict]) -> str:
+    """What a reader needs of the prompt: the user's message, or the turns after the system
+    prompt when there are several."""
+    turns = [m for m in prompt if m["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+
+
+def _empty_device_cache(device: str) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+# --- presenting a report ------------------------------------------------------------------------
+
+
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    kind = METRIC_LABELS.get(key, (key, "ratio"))[1]
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "bleu":
+        return f"{value:.1f}"
+    if kind == "loss":
+        return f"{value:.3f}" if value < 1000 else f"{value:.3g}"
+    return f"{value:.3f}"
+
+
+def _change(key: str, base: float | None, tuned: float | None) -> str:
+    if base is None or tuned is None:
+        return ""
+    kind = METRIC_LABELS.get(key, (key, "ratio"))[1]
+    diff = tuned - base
+    if kind == "pct":
+        text = f"{100 * diff:+.1f} pts"
+    elif kind == "bleu":
+        text = f"{diff:+.1f}"
+    else:
+        text = f"{diff:+.3f}" if abs(diff) < 1000 else f"{diff:+.3g}"
+    better = diff < 0 if key in LOWER_IS_BETTER else diff > 0
+    return text + (" better" if better and diff else " worse" if diff else "")
+
+
+def metric_rows(report: dict) -> list[list[str]]:
+    """[metric, base, tuned, change] rows, in a fixed order."""
+    base, tuned = report["metrics"]["base"], report["metrics"]["tuned"]
+    rows = []
+    for key, (label, _) in METRIC_LABELS.items():
+        if key not in base and key not in tuned:
+            continue
+        b, t = base.get(key), tuned.get(key)
+        rows.append([label, _fmt(key, b), _fmt(key, t), _change(key, b, t)])
+    return rows
+
+
+def example_rows(report: dict, which: str = "all") -> list[list[str]]:
+    """[prompt, reference, base, tuned, base ✓/✗, tuned ✓/✗] rows matching a FILTERS label."""
+    want_base, want_tuned = FILTERS.get(which, (None, None))
+    out = []
+    for ex in report.get("examples", []):
+        if want_base is not None and ex["base_correct"] != want_base:
+            continue
+        if want_tuned is not None and ex["tuned_correct"] != want_tuned:
+            continue
+        out.append([ex["prompt"], ex["reference"], ex["base"], ex["tuned"],
+                    "✓" if ex["base_correct"] else "✗", "✓" if ex["tuned_correct"] else "✗"])
+    return out
+
+
+def outcome_counts(report: dict) -> dict[str, int]:
+    counts = {label: 0 for label in FILTERS if label not in ("all", "tuned wrong")}
+    for ex in report.get("examples", []):
+        for label in counts:
+            b, t = FILTERS[label]
+            if ex["base_correct"] == b and ex["tuned_correct"] == t:
+                counts[label] += 1
+    return counts
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table, base vs tuned, for the terminal."""
+    head = (f"Evaluation of {report.get('run', '?')} ({report.get('model', '?')}) on "
+            f"{report.get('data', '?')}\n"
+            f"{report['n_examples']} examples for answers, {report['n_loss_examples']} for loss; "
+            f"{report.get('seconds', '?')} s on {report.get('device', '?')} "
+            f"{report.get('dtype', '')}".rstrip())
+    rows = [["metric", "base", "tuned", "change"]] + metric_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in
+                                                           zip(r[1:3], widths[1:3])] + [r[3]]))
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    counts = outcome_counts(report)
+    tally = ", ".join(f"{label}: {n}" for label, n in counts.items())
+    return f"{head}\n\n" + "\n".join(line.rstrip() for line in lines) + \
+        f"\n\nExact match per example: {tally}"

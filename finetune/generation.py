@@ -1,0 +1,293 @@
+"""Prompts through the chat template, batched greedy generation, completion-only loss, streaming.
+
+Shared by `finetune.evaluate` (batches), `finetune.chat` (streaming) and `finetune.bench_chat`.
+Tokenization follows TRL: the template renders text, which is tokenized without extra special
+tokens, so evaluation sees exactly the token sequences training saw.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable, Iterator, Sequence
+
+Message = dict[str, str]
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def flatten_content(content: Any) -> str:
+    """Text of a message's content: a string, or Gradio 6's list of blocks ({'type': 'text',
+    'text': ...}, files, components); non-text blocks are left out."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        if isinstance(content.get("text"), str):
+            return content["text"]
+        if "content" in content:
+            return flatten_content(content["content"])
+        return ""
+    if isinstance(content, (list, tuple)):
+        return "\n".join(t for t in (flatten_content(c) for c in content) if t)
+    text = getattr(content, "text", None)  # gradio ChatMessage / TextMessage objects
+    if isinstance(text, str):
+        return text
+    inner = getattr(content, "content", None)
+    return flatten_content(inner) if inner is not None else ""
+
+
+def to_messages(history: Iterable[Any], system: str = "") -> list[Message]:
+    """Plain {'role', 'content': str} messages from a chat history (dicts or gradio objects)."""
+    out: list[Message] = []
+    if system and system.strip():
+        out.append({"role": "system", "content": system.strip()})
+    for m in history or []:
+        role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
+        content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
+        if role not in ("system", "user", "assistant"):
+            continue
+        meta = m.get("metadata") if isinstance(m, dict) else getattr(m, "metadata", None)
+        if meta and meta.get("title"):  # gradio "thought"/tool bubbles are not part of the chat
+            continue
+        out.append({"role": role, "content": flatten_content(content)})
+    return out
+
+
+def split_row(row: dict) -> tuple[list[Message], str] | None:
+    """(prompt messages, reference) of a data row: everything before the last assistant turn,
+    and that turn's text. None when the row has no assistant turn."""
+    messages = row.get("messages")
+    if messages is None and "prompt" in row and "completion" in row:  # prompt/completion rows
+        prompt, completion = row["prompt"], row["completion"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if isinstance(completion, str):
+            return prompt, completion
+        messages = prompt + list(completion)
+    if not messages:
+        return None
+    messages = [{"role": m["role"], "content": flatten_content(m.get("content"))} for m in messages]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None or last == 0:
+        return None
+    return messages[:last], messages[last]["content"]
+
+
+def with_system(messages: list[Message], system: str) -> list[Message]:
+    """Add a system message when there is none (what training does with `system_prompt`)."""
+    if not system or any(m["role"] == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": system}] + messages
+
+
+# --- tokens -------------------------------------------------------------------------------------
+
+
+def prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_ids(tokenizer, prompt: list[Message], answer: str) -> tuple[list[int], int]:
+    """Token ids of prompt + answer as one conversation, and where the answer starts."""
+    head = prompt_ids(tokenizer, prompt)
+    full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}],
+                                              tokenize=False)
+    full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    start = 0
+    for a, b in zip(head, full):  # templates normally extend the prompt; be safe if not
+        if a != b:
+            break
+        start += 1
+    return full, start
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    for t in (eos if isinstance(eos, (list, tuple)) else [eos]) + [tokenizer.eos_token_id]:
+        if t is not None and t not in ids:
+            ids.append(int(t))
+    return ids
+
+
+def generation_config(model, tokenizer, max_new_tokens: int, temperature: float = 0.0,
+                      top_p: float = 1.0):
+    """Greedy when temperature is 0, otherwise sampling; stops at the model's end tokens."""
+    import copy
+
+    cfg = copy.deepcopy(model.generation_config)
+    cfg.max_new_tokens = int(max_new_tokens)
+    cfg.max_length = None
+    cfg.min_new_tokens = None
+    cfg.eos_token_id = stop_token_ids(model, tokenizer)
+    cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else cfg.eos_token_id[0]
+    if temperature and temperature > 0:
+        cfg.do_sample, cfg.temperature, cfg.top_p = True, float(temperature), float(top_p)
+    else:  # unset sampling knobs so greedy decoding raises no warnings about them
+        cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = False, None, None, None
+    return cfg
+
+
+def _left_pad(seqs: Sequence[list[int]], pad_id: int, device: str):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[list[Message]], max_new_tokens: int,
+                   batch_size: int = 8, on_batch=None) -> list[str]:
+    """Greedy answers for many prompts, batched with left padding (shortest prompts together).
+
+    `on_batch(done, total)` is called after each batch."""
+    import torch
+
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(encoded)
+    cfg = generation_config(model, tokenizer, max_new_tokens)
+    device = str(model.device)
+    done = 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = _left_pad([encoded[i] for i in idx], cfg.pad_token_id, device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+        for row, i in enumerate(idx):
+            answers[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True).strip()
+        done += len(idx)
+        if on_batch:
+            on_batch(done, len(order))
+    return answers
+
+
+def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
+                   max_length: int = 2048, batch_size: int = 8, on_batch=None) -> tuple[float, int]:
+    """Summed negative log-likelihood of the answer tokens (prompt tokens not counted), and how
+    many answer tokens there were. Rows longer than `max_length` tokens are cut at the end."""
+    import torch
+    import torch.nn.functional as F
+
+    seqs = []
+    for prompt, answer in rows:
+        ids, start = completion_ids(tokenizer, prompt, answer)
+        ids = ids[:max_length]
+        labels = [-100] * min(start, len(ids)) + ids[start:]
+        seqs.append((ids, labels))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = str(model.device)
+    total_nll, total_tokens, done = 0.0, 0, 0
+    for start in range(0, len(order), batch_size):
+        batch = [seqs[i] for i in order[start:start + batch_size]]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, (s, lab) in enumerate(batch):
+            ids[r, :len(s)] = torch.tensor(s)
+            labels[r, :len(lab)] = torch.tensor(lab)
+            mask[r, :len(s)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:].to(device)
+            nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                  shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total_nll += float(nll)
+        total_tokens += int((shift_labels != -100).sum())
+        done += len(batch)
+        if on_batch:
+            on_batch(done, len(order))
+    return total_nll, total_tokens
+
+
+# --- streaming ----------------------------------------------------------------------------------
+
+
+def stream(model, tokenizer, messages: list[Message], max_new_tokens: int = 256,
+           temperature: float = 0.0, top_p: float = 1.0,
+           stop: Sequence[str] = ()) -> Iterator[str]:
+    """Yield the answer in pieces as it is generated (TextIteratorStreamer + a thread).
+
+    Generation stops at the model's end token, at `max_new_tokens`, at the first stop string
+    (which is not shown), or when the caller stops iterating (e.g. a Gradio cancel)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    halt = threading.Event()
+
+    class _Halt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), halt.is_set(), dtype=torch.bool,
+                              device=input_ids.device)
+
+    ids = prompt_ids(tokenizer, _fit_context(model, tokenizer, messages, max_new_tokens))
+    input_ids = torch.tensor([ids], device=model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    cfg = generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
+    failure: list[BaseException] = []
+
+    def work():
+        try:
+            with torch.inference_mode():
+                model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                               generation_config=cfg, streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Halt()]))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True, name="finetune-generate")
+    thread.start()
+    stops = [s for s in stop if s]
+    sent, text = 0, ""
+    try:
+        for piece in streamer:
+            text += piece
+            if stops:
+                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    if cut > sent:
+                        yield text[sent:cut]
+                    return
+                # hold back a tail that could be the start of a stop string
+                hold = max((k for s in stops for k in range(1, len(s))
+                            if text.endswith(s[:k])), default=0)
+                safe = len(text) - hold
+            else:
+                safe = len(text)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if sent < len(text):
+            yield text[sent:]
+    finally:
+        halt.set()
+        thread.join(timeout=30)
+    if failure:
+        raise failure[0]
+
+
+def _fit_context(model, tokenizer, messages: list[Message], max_new_tokens: int) -> list[Message]:
+    """Drop the oldest turns (keeping the system prompt and the last message) until the prompt
+    and the answer fit the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return messages
+    msgs = list(messages)
+    while len(prompt_ids(tokenizer, msgs)) + max_new_tokens > limit:
+        first = 1 if msgs and msgs[0]["role"] == "system" else 0
+        if len(msgs) - first <= 1:
+            break
+        del msgs[first]
+    return msgs

@@ -1,0 +1,100 @@
+"""Streaming chat on the tiny model: pieces, stop strings, the model cache, the Chat tab handlers.
+
+    python -m pytest tests/test_chat.py -q
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from test_evaluate import make_run, use_plain_data_and_cpu
+
+PROMPT = "Spoke with Clara Ivanova. Virtucon, Halifax."
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model, tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("chatrun"), tiny_model, rows=2)
+
+
+@pytest.fixture(autouse=True)
+def cpu(monkeypatch):
+    use_plain_data_and_cpu(monkeypatch)
+    from finetune import chat
+
+    monkeypatch.setattr(chat, "CACHE", chat.ModelCache(size=2))  # each test starts cold
+
+
+def test_stream_yields_pieces_that_join_to_the_full_answer(run):
+    from finetune import chat, generation
+
+    target = chat.resolve_target(run)
+    assert target.kind == "tuned"
+    history = [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]  # Gradio 6 blocks
+    pieces = list(chat.stream_reply(target, history, max_new_tokens=40))
+    assert len(pieces) >= 3 and all(pieces)
+
+    model, tok = chat.CACHE.get(target)
+    full = generation.generate_batch(model, tok, [[{"role": "user", "content": PROMPT}]], 40)[0]
+    assert "".join(pieces).strip() == full and full
+
+    # a stop string ends the answer before it, and is not shown
+    stop = full[12:15]
+    cut = list(chat.stream_reply(target, history, max_new_tokens=40, stop=[stop]))
+    assert "".join(cut) == "".join(pieces)[:"".join(pieces).index(stop)]
+
+
+def test_cache_keeps_base_and_tuned_and_cli_answers(run, tiny_model, capsys):
+    from finetune import chat, cli
+
+    tuned, base = chat.resolve_target(run), chat.resolve_target(run, base=True)
+    assert base.kind == "base" and base.path == str(tiny_model.resolve())
+    m1, _ = chat.CACHE.get(tuned)
+    m2, _ = chat.CACHE.get(base)
+    assert chat.CACHE.get(tuned)[0] is m1 and chat.CACHE.get(base)[0] is m2  # no reload
+    assert m1 is not m2 and len(chat.CACHE.keys()) == 2
+
+    assert cli.main(["chat", str(run), "--prompt", PROMPT, "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_chat_tab_side_by_side_streams_both(run):
+    from finetune.ui import chat_tab
+
+    import copy
+
+    steps = [copy.deepcopy(s) for s in chat_tab.respond_side_by_side(
+        PROMPT, [], [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}],
+        str(run), "", 0.0, 1.0, 24, "")]
+    box, left, right = steps[-1]
+    assert box == ""
+    assert [m["role"] for m in left] == ["user", "assistant"]
+    assert [m["role"] for m in right] == ["user", "assistant", "user", "assistant"]
+    assert right[1]["content"] == "hello" and left[0]["content"] == PROMPT
+    assert left[-1]["content"] and right[-1]["content"]
+    # both stream: the left answer grows over several steps before the right one starts
+    lefts = [len(s[1][-1]["content"]) for s in steps if s[1][-1]["role"] == "assistant"]
+    rights = [len(s[2][-1]["content"]) for s in steps if len(s[2]) == 4]
+    assert len(set(lefts)) >= 3 and len(set(rights)) >= 3
+
+
+def test_chat_tab_errors_are_messages(tiny_model, tmp_path, finetune_home):
+    import gradio as gr
+
+    from finetune.config import RunConfig
+    from finetune.ui import chat_tab
+
+    busy = finetune_home / "runs" / "busy"
+    busy.mkdir(parents=True)
+    RunConfig(model=str(tiny_model)).save(busy / "config.yaml")
+    with pytest.raises(gr.Error, match="no trained model yet"):
+        list(chat_tab.respond("hi", [], str(busy), chat_tab.TUNED, "", 0, 1, 8, ""))
+    with pytest.raises(gr.Error, match="pick a run"):
+        list(chat_tab.respond_side_by_side("hi", [], [], chat_tab.PLAIN_PREFIX + "x", "", 0, 1,
+                                           8, ""))
+    # only finished runs are offered, and the bundled model always is
+    choices = chat_tab.target_choices()
+    assert [v for _, v in choices] == [chat_tab.PLAIN_PREFIX + chat_tab.BUNDLED]
