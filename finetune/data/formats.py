@@ -15,7 +15,7 @@ from collections import Counter
 import orjson
 
 from finetune.data.readers import RawTable
-from finetune.data.types import FORMAT_FIELDS, FORMAT_HELP, FORMATS, MAPPABLE, ROLES, ProblemLog
+from finetune.data.types import FORMAT_HELP, FORMATS, MAPPABLE, ROLES, ProblemLog
 from finetune.errors import DataError
 
 # Columns people often use, and the mapping that makes them one of our formats.
@@ -38,7 +38,15 @@ def parse_mapping(text: str) -> dict[str, str]:
     return mapping
 
 
-def row_format(row: dict) -> str | None:
+REQUIRED = {"messages": ("messages",), "sharegpt": ("conversations",),
+            "alpaca": ("instruction", "output"), "prompt_completion": ("prompt", "completion"),
+            "text": ("text",)}
+
+
+def row_format(row: dict, forced: str | None = None) -> str | None:
+    """The format a row is in: the forced one when the row has its fields, else the first match."""
+    if forced and all(f in row for f in REQUIRED[forced]):
+        return forced
     if "messages" in row:
         return "messages"
     if "conversations" in row:
@@ -58,15 +66,18 @@ def normalize(table: RawTable, fmt: str, mapping: dict | None, system_prompt: st
     if fmt not in ["auto"] + FORMATS:
         raise DataError(f"Unknown data format '{fmt}'; choose auto or one of {', '.join(FORMATS)}.")
     rows = _apply_mapping(table, {k: v for k, v in (mapping or {}).items() if v})
+    forced = None if fmt == "auto" else fmt
     kinds = []
     for i, row in enumerate(rows):
         if isinstance(row, dict):
-            kinds.append(row_format(row))
+            kinds.append(row_format(row, forced))
         else:
             kinds.append("not-an-object")
             log.add("error", "not an object", f"{table.where(i)}: expected a JSON object "
                     f"({{\"messages\": [...]}}), got {_kind(row)}. Row skipped.")
     counts = Counter(k for k in kinds if k in FORMATS)
+    if not any(k != "not-an-object" for k in kinds):
+        return [], fmt, {"invalid": len(kinds)} if kinds else {}  # the log says why
     if fmt == "auto":
         if not counts:
             raise DataError(_unknown_columns(table))
@@ -245,8 +256,8 @@ def _fail(log, kind, message, summary=""):
 
 
 def _kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "text", type(None): "null"}.get(
-        type(value), f"a {type(value).__name__}")
+    return {dict: "an object", list: "a list", str: "text", type(None): "null", bool: "true/false",
+            int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
 
 
 # --- mapping and the unknown-columns message ---------------------------------------------------
@@ -277,8 +288,7 @@ def _apply_mapping(table: RawTable, mapping: dict) -> list:
 def _unknown_columns(table: RawTable, forced: str | None = None) -> str:
     found = ", ".join(table.columns) or "no named columns"
     if forced:
-        need = [f for f in FORMAT_FIELDS[forced] if f not in ("system", "input", "history")]
-        head = (f"{table.label}: format '{forced}' needs the field(s) {', '.join(need)}, "
+        head = (f"{table.label}: format '{forced}' needs the field(s) {', '.join(REQUIRED[forced])}, "
                 f"but the columns are: {found}.")
     else:
         head = f"{table.label}: no known data format in the columns found ({found})."

@@ -29,7 +29,10 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
         raise
     except Exception as e:  # noqa: BLE001 - a bad file must only ever surface as a DataError
         raise DataError(f"{source}: could not be read ({type(e).__name__}: {e}).") from e
-    n_raw = len(table.rows) + log.count_kind("invalid JSON")
+    invalid_json = log.count_kind("invalid JSON")
+    n_raw = len(table.rows) + invalid_json
+    if invalid_json:
+        skipped = {"invalid JSON": invalid_json, **skipped}
     problems = log.problems()
     if not rows:
         reasons = "; ".join(f"{n} {why}" for why, n in skipped.items()) or "no rows"
@@ -37,4 +40,5 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
         raise DataError(f"{table.label}: no usable rows ({n_raw} read: {reasons})."
                         + (f"\n  - {first}" if first else ""))
     return Loaded(rows=rows, format=fmt_used, source=source, columns=list(table.columns),
-                  problems=problems, n_raw=n_raw, detected=(fmt == "auto"), skipped=skipped)
+                  problems=problems, n_raw=n_raw, detected=(fmt == "auto"), skipped=skipped,
+                  mapping={k: v for k, v in (mapping or {}).items() if v})

@@ -49,6 +49,7 @@ class Loaded:
     n_raw: int  # rows read before normalization/cleaning
     detected: bool = True  # False when the format was forced
     skipped: dict = field(default_factory=dict)  # reason -> rows left out while normalizing
+    mapping: dict = field(default_factory=dict)  # field this tool reads -> the user's column
 
     @property
     def errors(self) -> list[Problem]:
@@ -56,7 +57,7 @@ class Loaded:
 
     @property
     def ignored_columns(self) -> list[str]:
-        used = set(FORMAT_FIELDS.get(self.format, []))
+        used = {self.mapping.get(f, f) for f in FORMAT_FIELDS.get(self.format, [])}
         return [c for c in self.columns if c not in used]
 
 

@@ -52,7 +52,8 @@ def training_source(source: str, analysis, fmt: str, mapped: bool, changed: bool
         return {"data": source, "data_format": fmt}
     stem = re.sub(r"[^\w.-]+", "_", Path(source.removeprefix("sample:")).stem or "data")
     path = data.write_jsonl(analysis.rows, paths.home() / "uploads" / f"{stem}-prepared.jsonl")
-    state = {"data": str(path), "data_format": analysis.summary["format"]}
+    normalized = "text" if analysis.rows and "text" in analysis.rows[0] else "messages"
+    state = {"data": str(path), "data_format": normalized}
     if source.startswith("sample:"):
         state["test_data"] = str(data.sample_path(source, "test"))
     return state

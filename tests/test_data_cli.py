@@ -1,0 +1,60 @@
+"""`python -m finetune data inspect`: exit 0 for usable data, 2 otherwise; --json output.
+
+Run: python -m pytest -q tests/test_data_cli.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from finetune.cli import main
+
+
+def test_inspect_sample_is_usable(capsys):
+    assert main(["data", "inspect", "sample:contacts", "--max-length", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "format:   messages (detected" in out
+    assert "360 read, 360 usable" in out
+    assert "rows longer than --max-length 64" in out
+    assert "usable:   yes" in out
+
+
+def test_inspect_json(capsys, tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("instruction,output\nA,B\nA,B\nC,\n", encoding="utf-8")
+    assert main(["data", "inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "alpaca" and report["usable"] is True
+    assert report["rows"]["read"] == 3 and report["rows"]["duplicates"] == 1
+    assert report["rows"]["kept"] == 1
+    (problem,) = report["problems"]
+    assert problem["level"] == "warning" and "row 3 (line 4), field 'output'" in problem["message"]
+    assert "counted_with" in report["tokens"]
+
+
+def test_inspect_unusable_exits_2(capsys, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
+    assert main(["data", "inspect", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert "ERROR: bad.jsonl line 2: not valid JSON" in out and "usable:   no" in out
+    assert main(["data", "inspect", str(tmp_path / "nope.jsonl"), "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["usable"] is False and "does not exist" in report["problems"][0]["message"]
+
+
+def test_inspect_format_override(capsys, tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "t", "prompt": "p", "completion": "c"}\n', encoding="utf-8")
+    assert main(["data", "inspect", str(path), "--format", "text", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "text"
+    assert main(["data", "inspect", str(path), "--format", "alpaca"]) == 2
+    assert "format 'alpaca' needs the field(s) instruction, output" in capsys.readouterr().out
+
+
+def test_bench_inspect_small(monkeypatch):
+    from finetune.data import bench
+
+    result = bench.bench_inspect(n_rows=300)
+    assert result["rows"] == 300 and result["exit_code"] == 0 and result["seconds"] >= 0
+    assert result["cpu"]

@@ -1,0 +1,88 @@
+"""The Data tab's handlers, called directly (no browser).
+
+Run: python -m pytest -q tests/test_data_tab.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from finetune import data
+from finetune.ui import data_tab
+
+DEFAULTS = ("auto", "", False, False, False, 512)
+
+
+def show(source, *settings, current=None):
+    settings = settings or DEFAULTS
+    keys = ["understood", "problems", "plot", "table", "rows", "row_no", "rendered", "info", "state"]
+    return dict(zip(keys, data_tab.show(source, *settings, current or {})))
+
+
+def test_default_sample_on_page_load():
+    out = dict(zip(["understood", "problems", "plot", "table", "rows", "row_no", "rendered", "info",
+                    "state"], data_tab.show_default()))
+    assert out["state"] == {"data": "sample:contacts", "data_format": "messages"}
+    assert "**Format:** messages (detected)" in out["understood"]
+    assert "train **324**, validation **36**" in out["understood"]
+    assert out["problems"] == [("No problems found.", None)]
+    assert len(out["table"]) == 200 and "completion (learned)" in out["table"].columns
+    assert any(label == data_tab.LOSS for _, label in out["rendered"])
+    assert out["info"].startswith("Row 1 of 360")
+
+
+def test_upload_is_kept_and_mapping_writes_a_prepared_file(tmp_path, finetune_home):
+    upload = tmp_path / "qa.csv"
+    upload.write_text("question,answer,email\nWhy?,Because.,a@b.org\nHow?,Like so.,c@d.org\n",
+                      encoding="utf-8")
+    saved = data_tab.save_upload(str(upload))
+    assert Path(saved).parent == finetune_home / "uploads" and Path(saved).read_bytes() == upload.read_bytes()
+    out = show(saved, "auto", "prompt=question, completion=answer", True, False, False, 512)
+    state = out["state"]
+    assert state["data_format"] == "messages" and state["data"].endswith("qa-prepared.jsonl")
+    rows = [json.loads(x) for x in Path(state["data"]).read_text().splitlines()]
+    assert rows[0]["messages"][-1]["content"] == "Because."
+    # The prepared file is what training reads, and it trains as it is.
+    assert data.load(state["data"]).rows == out["rows"]["rows"]
+    assert "**Ignored columns:** email" in out["understood"]
+
+
+def test_errors_show_in_the_problems_panel_and_keep_the_previous_data(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "caf\xe9"}\n')
+    previous = {"data": "sample:tickets", "data_format": "messages"}
+    out = show(str(bad), *DEFAULTS, current=previous)
+    assert out["state"] == previous
+    assert "The Train tab still uses `sample:tickets`" in out["understood"]
+    (level, _), (message, _) = out["problems"]
+    assert level == "ERROR" and "byte 13 (line 1, column 14)" in message
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"text": "a"}\n{"instruction": "i", "output": "o"}\n', encoding="utf-8")
+    out = show(str(mixed), current=previous)
+    assert out["state"] == previous and "**Not usable yet:**" in out["understood"]
+    assert ("ERROR", "error") in out["problems"]
+
+
+def test_long_rows_dropped_on_request(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"text": "word " * 300}) + "\n" + json.dumps({"text": "hi"}) + "\n")
+    warned = show(str(path), "auto", "", False, False, False, 32)
+    assert ("WARNING", "warning") in warned["problems"]
+    assert warned["state"]["data"] == str(path)  # nothing changed: training reads the file itself
+    dropped = show(str(path), "auto", "", False, False, True, 32)
+    assert "1 too long" in dropped["understood"]
+    assert data.load(dropped["state"]["data"]).rows == [{"text": "hi"}]
+
+
+def test_example_view_and_next_step():
+    rows = data.load("sample:tickets").rows
+    spans, info = data_tab.show_example({"rows": rows}, 5, 512)
+    assert info.startswith("Row 5 of 360") and spans[-1][1] == data_tab.LOSS
+    assert data_tab.show_example({"rows": []}, 1, 512) == ([], "")
+    with gr.Blocks():
+        state = gr.State({})
+        data_tab.build_data_tab(state)
+    assert "Train" in data_tab.NEXT
