@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_evaluate import make_run, use_plain_data_and_cpu
+from test_evaluate import make_run, plain_cpu  # noqa: F401 - plain_cpu: autouse fixture
 
 PROMPT = "Spoke with Clara Ivanova. Virtucon, Halifax."
 
@@ -20,8 +20,7 @@ def run(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def cpu(monkeypatch):
-    use_plain_data_and_cpu(monkeypatch)
+def cold_cache(monkeypatch):
     from finetune import chat
 
     monkeypatch.setattr(chat, "CACHE", chat.ModelCache(size=2))  # each test starts cold

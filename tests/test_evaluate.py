@@ -40,6 +40,18 @@ def use_plain_data_and_cpu(monkeypatch) -> None:
                             raising=False)
 
 
+@pytest.fixture(autouse=True)
+def plain_cpu(monkeypatch):
+    """fp32 on one CPU thread: for models this small, a second thread only adds waiting (up to
+    20x slower on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_run(root: Path, model: Path, rows: int = N_ROWS) -> Path:
     """A finished LoRA run on `model` whose test split is `rows` contacts rows. The adapter has
     random weights (training even a tiny model costs more time than these tests may take), so
@@ -75,10 +87,9 @@ def trained_run(tiny_model, tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("evalrun"), tiny_model)
 
 
-def test_evaluate_run_compares_base_and_tuned(trained_run, monkeypatch):
+def test_evaluate_run_compares_base_and_tuned(trained_run):
     from finetune import evaluate
 
-    use_plain_data_and_cpu(monkeypatch)
     seen = []
     report = evaluate.evaluate_run(trained_run, progress=lambda f, d: seen.append((f, d)),
                                    log=lambda *a: None)
@@ -115,10 +126,9 @@ def test_evaluate_run_compares_base_and_tuned(trained_run, monkeypatch):
     assert all(r[4] == "✗" and r[5] == "✗" for r in both_wrong)
 
 
-def test_limit_and_other_data(trained_run, tmp_path, monkeypatch):
+def test_limit_and_other_data(trained_run, tmp_path):
     from finetune import evaluate
 
-    use_plain_data_and_cpu(monkeypatch)
     other = tmp_path / "other.jsonl"
     rows = (SAMPLES / "tickets" / "test.jsonl").read_text().splitlines()[:3]
     other.write_text("\n".join(rows) + "\n")
@@ -128,12 +138,11 @@ def test_limit_and_other_data(trained_run, tmp_path, monkeypatch):
     assert "json_valid" not in report["metrics"]["base"]  # labels are not JSON
 
 
-def test_unfinished_run_is_refused_before_loading(tiny_model, tmp_path, monkeypatch):
+def test_unfinished_run_is_refused_before_loading(tiny_model, tmp_path):
     from finetune import evaluate
     from finetune.config import RunConfig
     from finetune.errors import RunError
 
-    use_plain_data_and_cpu(monkeypatch)
     run = tmp_path / "runs" / "busy"
     run.mkdir(parents=True)
     RunConfig(model=str(tiny_model)).save(run / "config.yaml")
@@ -141,10 +150,9 @@ def test_unfinished_run_is_refused_before_loading(tiny_model, tmp_path, monkeypa
         evaluate.evaluate_run(run, log=lambda *a: None)
 
 
-def test_cli_eval_json(trained_run, monkeypatch, capsys):
+def test_cli_eval_json(trained_run, capsys):
     from finetune import cli
 
-    use_plain_data_and_cpu(monkeypatch)
     assert cli.main(["eval", str(trained_run), "--limit", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_examples"] == 2
@@ -152,3 +160,29 @@ def test_cli_eval_json(trained_run, monkeypatch, capsys):
 
     assert cli.main(["eval", str(trained_run), "--limit", "0"]) == 2  # a message, no traceback
     assert "limit must be at least 1" in capsys.readouterr().err
+
+
+def test_evaluate_tab_shows_saved_report_and_filters(trained_run):
+    import gradio as gr
+
+    from finetune.ui import evaluate_tab
+
+    calls = []
+    summary, metric_rows, example_rows, _ = evaluate_tab.run_evaluation(
+        str(trained_run), evaluate_tab.OWN_SPLIT, None, 3, "all",
+        progress=lambda f, desc=None: calls.append(f))
+    assert "3" in summary and calls and metric_rows[0][0] == "exact match"
+    assert len(example_rows) == 3 and example_rows[0][4] in ("✓", "✗")
+
+    # picking the run again shows the saved evaluation without recomputing
+    again = evaluate_tab.show_saved(str(trained_run), "all")
+    assert again[1] == metric_rows and again[2] == example_rows
+    assert evaluate_tab.filter_examples(str(trained_run), "both right") == \
+        [r for r in example_rows if r[4] == "✓" and r[5] == "✓"]
+    with pytest.raises(gr.Error, match="Upload a test file"):
+        evaluate_tab.run_evaluation(str(trained_run), evaluate_tab.A_FILE, None, None, "all",
+                                    progress=lambda *a, **k: None)
+    # the tab builds inside a gr.Tab and offers only finished runs
+    with gr.Blocks(), gr.Tab("Evaluate"):
+        evaluate_tab.build_evaluate_tab()
+    assert evaluate_tab.show_saved(None, "all")[0] == evaluate_tab.NO_RUN
