@@ -134,3 +134,5 @@ def test_rendered_example_marks_the_completion(tiny_model):
     assert cut["spans"][-1][1] == "cut" and cut["truncated"] == 2
     rough = data.render_example(row, None)
     assert rough["spans"][-1] == ("Paris.<|im_end|>\n", "loss") and not rough["exact"]
+    rough_cut = data.render_example(row, None, max_length=10)
+    assert rough_cut["spans"][-1][1] == "cut" and rough_cut["truncated"] > 0

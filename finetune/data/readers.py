@@ -21,7 +21,6 @@ from finetune.errors import DataError
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 FILE_TYPES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"]
-_JSON_TYPES = {".jsonl", ".json", ".ndjson", ""}
 _HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.:%\[\]-]+))?$")
 
 
@@ -120,9 +119,14 @@ def _read_json(text: str, label: str, log: ProblemLog) -> RawTable:
     stripped = text.lstrip()
     if stripped.startswith("["):
         return _json_document(text, label)
-    lines = text.splitlines()
+    # Lines split on "\n" only: JSON strings may hold U+2028 and other characters that
+    # str.splitlines() would also break at.
+    lines = text.split("\n")
     if stripped.startswith("{") and not _parses(lines[_first_nonblank(lines)]):
-        return _json_document(text, label)  # one pretty-printed object or array, not JSONL
+        try:  # one pretty-printed object; otherwise JSONL whose first line is broken
+            return _json_value(orjson.loads(text), label)
+        except orjson.JSONDecodeError:
+            pass
     numbers = [n for n, line in enumerate(lines, 1) if line.strip()]
     # One parse of the lines as an array is several times faster than a parse per line; any
     # doubt (an error, or a line holding more than one value) falls back to the per-line parse.
@@ -160,6 +164,10 @@ def _json_document(text: str, label: str) -> RawTable:
     except orjson.JSONDecodeError as e:
         raise DataError(f"{label} line {e.lineno}, column {e.colno}: not valid JSON ({e.msg}). "
                         "Use a JSON array of objects, or JSONL (one object per line).") from None
+    return _json_value(value, label)
+
+
+def _json_value(value, label: str) -> RawTable:
     if isinstance(value, dict):
         lists = [(k, len(v)) for k, v in value.items() if isinstance(v, list)]
         hint = ""
@@ -201,9 +209,9 @@ def _read_csv(text: str, label: str, sep: str) -> RawTable:
 
 def _read_txt(text: str, label: str) -> RawTable:
     rows, numbers = [], []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
-            rows.append({"text": line})
+            rows.append({"text": line.rstrip("\r")})
             numbers.append(n)
     return RawTable(rows, ["text"], label, lambda i: f"line {numbers[i]}")
 

@@ -39,18 +39,23 @@ class TokenCounter:
     def __init__(self, tokenizer_dir: str | Path | None = None):
         self.tokenizer = None
         self.template = None
-        self.eos = ""
+        self.bos = self.eos = ""
         self._overhead: dict[tuple, int] = {}
         self.estimated_rows = 0
         self.total_rows = 0
+        self.description = (f"an estimate (~{CHARS_PER_TOKEN:g} characters a token; the bundled "
+                            "model's tokenizer is not prepared yet: python -m finetune models)")
         if tokenizer_dir is None:
-            self.description = (f"an estimate (~{CHARS_PER_TOKEN:g} characters a token; the bundled "
-                                "model's tokenizer is not prepared yet: python -m finetune models)")
             return
         from tokenizers import Tokenizer
 
         tokenizer_dir = Path(tokenizer_dir)
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - an unreadable tokenizer must not stop inspection
+            self.description = (f"an estimate (~{CHARS_PER_TOKEN:g} characters a token; the "
+                                f"tokenizer in {tokenizer_dir} could not be read: {e})")
+            return
         settings = _read_json(tokenizer_dir / "tokenizer_config.json")
         self.eos = _token(settings.get("eos_token"))
         self.bos = _token(settings.get("bos_token"))
@@ -229,7 +234,7 @@ def _render_estimate(row: dict, max_length: int | None) -> dict:
     else:
         prompt = render_template(CHATML, row["messages"][:-1], add_generation_prompt=True)
         full = render_template(CHATML, row["messages"])
-    cut_at = len(full) if not max_length else min(len(full), max_length * CHARS_PER_TOKEN)
+    cut_at = len(full) if not max_length else min(len(full), int(max_length * CHARS_PER_TOKEN))
     bounds = [(0, min(len(prompt), cut_at), None), (min(len(prompt), cut_at), cut_at, "loss"),
               (cut_at, len(full), "cut")]
     spans = [(full[a:b], label) for a, b, label in bounds if b > a]

@@ -80,7 +80,7 @@ def understood_markdown(summary: dict, split_report: dict | None, state: dict | 
     if "max" in t:
         lines.append(f"**Tokens per row:** min {t['min']}, median {t['median']}, 95% under "
                      f"{t['p95']}, max {t['max']}; {t.get('longer', 0)} longer than the max length "
-                     f"of {t.get('max_length', '-')} (counted with {t['counted_with']}).")
+                     f"of {t.get('max_length', '-')}. Counted with {t['counted_with']}.")
     if split_report:
         c, s = split_report["counts"], split_report["sources"]
         lines.append(f"**Split:** train **{c['train']}**, validation **{c['val']}** ({s['val']}), "
@@ -104,7 +104,9 @@ def problem_spans(problems: list[dict]) -> list[tuple[str, str | None]]:
 def table_frame(rows: list[dict], lengths: list[int], limit: int = PREVIEW_ROWS):
     import pandas as pd
 
-    if rows and "text" in rows[0]:
+    if not rows:
+        return pd.DataFrame()
+    if "text" in rows[0]:
         return pd.DataFrame([{"#": i + 1, "tokens": n, "text": r["text"]}
                              for i, (r, n) in enumerate(zip(rows[:limit], lengths))])
     out = []
@@ -161,12 +163,12 @@ def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_len
         keep = (f"The Train tab still uses `{current['data']}`." if current and current.get("data")
                 else "Fix the data, or pick a bundled sample.")
         return (f"**Could not use `{source}`.** {keep}", problem_spans(
-            [{"level": "error", "message": str(e)}]), empty_plot, None, {"rows": []},
+            [{"level": "error", "message": str(e)}]), empty_plot, table_frame([], []), {"rows": []},
             gr.update(value=1, maximum=1), [], "", current if current else gr.update())
     summary = analysis.summary
     state, split_report = None, None
     if summary["usable"]:
-        changed = bool(mask_emails or mask_phones or summary["rows"]["long_dropped"])
+        changed = bool((summary["masked"] or {}).get("rows") or summary["rows"]["long_dropped"])
         state = training_source(source, analysis, summary["format"], bool(mapping), changed)
         cfg = RunConfig(data=state["data"], data_format=state["data_format"],
                         test_data=state.get("test_data", ""))
