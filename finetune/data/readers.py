@@ -127,35 +127,20 @@ def _read_json(text: str, label: str, log: ProblemLog) -> RawTable:
             return _json_value(orjson.loads(text), label)
         except orjson.JSONDecodeError:
             pass
-    numbers = [n for n, line in enumerate(lines, 1) if line.strip()]
-    # One parse of the lines as an array is several times faster than a parse per line; any
-    # doubt (an error, or a line holding more than one value) falls back to the per-line parse.
-    try:
-        rows = orjson.loads("[" + ",".join(lines[n - 1] for n in numbers) + "]")
-        if len(rows) != len(numbers):
-            raise ValueError
-    except ValueError:
-        rows, numbers = _json_lines(lines, log)
-    return RawTable(rows, _columns(rows), label, lambda i: f"line {numbers[i]}")
-
-
-def _json_lines(lines: list[str], log: ProblemLog) -> tuple[list, list[int]]:
     rows, numbers = [], []
     for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            value = orjson.loads(line)
+            rows.append(orjson.loads(line))
+            numbers.append(n)
         except orjson.JSONDecodeError as e:
+            if not line.strip():
+                continue
             snippet = line.strip()[:60] + ("..." if len(line.strip()) > 60 else "")
             log.add("error", "invalid JSON",
                     f"line {n}: not valid JSON ({e.msg} at column {e.colno}): {snippet!r}. "
                     "Each line of a JSONL file must hold one complete JSON object.",
                     summary="invalid JSON")
-            continue
-        rows.append(value)
-        numbers.append(n)
-    return rows, numbers
+    return RawTable(rows, _columns(rows), label, lambda i: f"line {numbers[i]}")
 
 
 def _json_document(text: str, label: str) -> RawTable:
