@@ -4,11 +4,14 @@
 
 Uses the bundled SmolLM2-135M-Instruct, the device and precision chat uses
 (`hardware.inference_settings`), a short chat prompt through the chat template, greedy decoding
-of a fixed number of tokens. One warm-up, then the median of `repeats` timed answers.
+of a fixed number of tokens. One warm-up, then the median of `repeats` timed answers, at the
+thread count chat uses and (on a CPU) at one thread: on a busy machine a second thread can cost
+more in waiting than it gives. The load average is recorded, since it changes the figures.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -64,9 +67,26 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
             if len(clock.times) > 1 else 0.0
         return ttft, decode, len(ids)
 
-    once(8)  # warm-up: first-call allocations and kernel selection are not what a user waits for
-    runs = [once(max_new_tokens) for _ in range(repeats)]
-    ttfts, decodes = [r[0] for r in runs], [r[1] for r in runs]
+    def measure() -> dict:
+        once(8)  # warm-up: first-call allocations and kernel choice are not what a user waits for
+        runs = [once(max_new_tokens) for _ in range(repeats)]
+        ttfts, decodes = [r[0] for r in runs], [r[1] for r in runs]
+        return {"prompt_tokens": runs[0][2],
+                "ttft_s": round(statistics.median(ttfts), 4),
+                "decode_tokens_per_s": round(statistics.median(decodes), 1),
+                "ttft_s_all": [round(t, 4) for t in ttfts],
+                "decode_tokens_per_s_all": [round(d, 1) for d in decodes]}
+
+    threads = torch.get_num_threads()
+    main = measure()
+    by_threads = {threads: {k: main[k] for k in ("ttft_s", "decode_tokens_per_s")}}
+    if device == "cpu" and threads > 1:
+        torch.set_num_threads(1)
+        try:
+            one = measure()
+        finally:
+            torch.set_num_threads(threads)
+        by_threads[1] = {k: one[k] for k in ("ttft_s", "decode_tokens_per_s")}
     flags = hardware.cpu_flags()
     result = {
         "model": source.name,
@@ -75,21 +95,19 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
         "cpu_model": hardware.cpu_model(),
         "avx512_bf16": "avx512_bf16" in flags,
         "cpu_flags": flags,
-        "torch_threads": torch.get_num_threads(),
-        "prompt_tokens": runs[0][2],
+        "torch_threads": threads,
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "new_tokens": max_new_tokens,
         "repeats": repeats,
         "load_s": round(load_s, 2),
-        "ttft_s": round(statistics.median(ttfts), 4),
-        "decode_tokens_per_s": round(statistics.median(decodes), 1),
-        "ttft_s_all": [round(t, 4) for t in ttfts],
-        "decode_tokens_per_s_all": [round(d, 1) for d in decodes],
+        **main,
+        "by_threads": by_threads,
     }
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name(0)
     log(f"time to first token {result['ttft_s'] * 1000:.0f} ms, decode "
-        f"{result['decode_tokens_per_s']:.1f} tokens/s ({result['cpu_model']}, "
-        f"avx512_bf16: {result['avx512_bf16']})")
+        f"{result['decode_tokens_per_s']:.1f} tokens/s at {threads} threads ({result['cpu_model']}, "
+        f"avx512_bf16: {result['avx512_bf16']}, load {result['load_avg_1m']})")
     return result
 
 
