@@ -156,9 +156,12 @@ def _rows(cfg, data: str | None, log) -> tuple[list[tuple[list[dict], str]], str
         raw = datamod.load(str(data)).rows
         described = str(data)
     else:
+        # a run's config.yaml holds resolved values; 'auto' only in a hand-written config
         vf = cfg.val_fraction if isinstance(cfg.val_fraction, (int, float)) else 0.0
-        raw = datamod.prepare(cfg, float(vf)).test
-        described = f"test split of {cfg.test_data or cfg.data}"
+        splits = datamod.prepare(cfg, float(vf))  # the same split the run held out
+        raw = splits.test
+        source = (getattr(splits, "report", None) or {}).get("sources", {}).get("test")
+        described = f"test split ({source or cfg.test_data or cfg.data})"
     pairs, skipped = [], 0
     for row in raw:
         split = generation.split_row(row)

@@ -97,3 +97,11 @@ def test_chat_tab_errors_are_messages(tiny_model, tmp_path, finetune_home):
     # only finished runs are offered, and the bundled model always is
     choices = chat_tab.target_choices()
     assert [v for _, v in choices] == [chat_tab.PLAIN_PREFIX + chat_tab.BUNDLED]
+
+
+def test_bundled_model_answers_through_its_chat_template(bundled_model):
+    from finetune import chat
+
+    answer = "".join(chat.answer_once("SmolLM2-135M-Instruct", "What is the capital of France?",
+                                      max_new_tokens=12))
+    assert "Paris" in answer

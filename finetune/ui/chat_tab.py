@@ -155,6 +155,10 @@ def on_mode(mode: str):
     return gr.update(visible=not both), gr.update(visible=both)
 
 
+def clear_chat():
+    return "", [], [], []
+
+
 def build_chat_tab() -> None:
     from gradio.context import Context
 
@@ -206,7 +210,7 @@ def build_chat_tab() -> None:
     ev1 = message.submit(send, inputs, outputs)
     ev2 = send_btn.click(send, inputs, outputs)
     stop_btn.click(None, None, None, cancels=[ev1, ev2])
-    clear.click(lambda: ("", [], [], []), None, outputs, cancels=[ev1, ev2])
+    clear.click(clear_chat, None, outputs, cancels=[ev1, ev2])
     mode.change(on_mode, mode, [single, pair])
     target.change(on_target_change, target, system)
     refresh.click(refresh_targets, target, [target, hint])

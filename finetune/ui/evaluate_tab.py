@@ -92,6 +92,10 @@ def run_evaluation(run_value: str | None, source: str, upload: str | None, limit
     return summary, metric_rows, example_rows, refresh_runs(run_value)
 
 
+def show_upload(source: str):
+    return gr.update(visible=source == A_FILE)
+
+
 def build_evaluate_tab() -> None:
     from gradio.context import Context
 
@@ -127,7 +131,7 @@ def build_evaluate_tab() -> None:
                                max_height=600)
     gr.Markdown(NEXT)
 
-    source.change(lambda s: gr.update(visible=s == A_FILE), source, upload)
+    source.change(show_upload, source, upload)
     run.change(show_saved, [run, which], [summary_md, metrics_df, examples_df])
     which.change(filter_examples, [run, which], examples_df)
     refresh.click(refresh_runs, run, run)
