@@ -6,7 +6,6 @@ Run: python -m pytest -q tests/test_data_problems.py
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
