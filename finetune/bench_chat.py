@@ -106,7 +106,8 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name(0)
     log(f"time to first token {result['ttft_s'] * 1000:.0f} ms, decode "
-        f"{result['decode_tokens_per_s']:.1f} tokens/s at {threads} threads ({result['cpu_model']}, "
+        f"{result['decode_tokens_per_s']:.1f} tokens/s at {threads} threads "
+        f"({result['cpu_model']}, "
         f"avx512_bf16: {result['avx512_bf16']}, load {result['load_avg_1m']})")
     return result
 

@@ -105,3 +105,9 @@ def test_bundled_model_answers_through_its_chat_template(bundled_model):
     answer = "".join(chat.answer_once("SmolLM2-135M-Instruct", "What is the capital of France?",
                                       max_new_tokens=12))
     assert "Paris" in answer
+
+
+def test_picking_a_run_suggests_the_system_prompt_it_trained_with(run):
+    from finetune.ui import chat_tab
+
+    assert chat_tab.on_target_change(str(run)).startswith("Extract the contact as JSON")

@@ -39,16 +39,22 @@ def refresh_targets(current: str | None):
     return gr.Dropdown(choices=choices, value=value), hint
 
 
-def on_target_change(value: str | None):
-    """Suggest the run's own system prompt (what it was trained with)."""
+def _system_for(value: str | None) -> str | None:
+    """The system prompt the run trained with; None for a plain model or an unreadable run."""
     from finetune import chat
 
     if not value or value.startswith(PLAIN_PREFIX):
-        return gr.skip()
+        return None
     try:
         return chat.suggested_system(value)
     except FinetuneError:
-        return gr.skip()
+        return None
+
+
+def on_target_change(value: str | None):
+    """Suggest the run's own system prompt (the model answers best with it)."""
+    system = _system_for(value)
+    return gr.skip() if system is None else system
 
 
 def _targets(value: str | None, mode: str):
@@ -186,7 +192,7 @@ def build_chat_tab() -> None:
         clear = gr.Button("Clear", scale=1, min_width=80)
     with gr.Accordion("Generation settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2,
-                            value=on_target_change(choices[0][1]) if len(choices) > 1 else "",
+                            value=_system_for(choices[0][1]) or "",
                             info="Filled in with the one the run trained with; the model answers "
                             "best with the same one.")
         with gr.Row():

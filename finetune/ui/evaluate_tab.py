@@ -46,9 +46,10 @@ def summary_text(report: dict) -> str:
             f"**{report['n_examples']}** examples, loss on **{report['n_loss_examples']}** "
             f"({report.get('seconds', '?')} s on {report.get('device', '?')}, "
             f"{str(report.get('created', ''))[:16].replace('T', ' ')}). "
-            f"Exact match per example: tuned right & base wrong **{counts['tuned right, base wrong']}**,"
-            f" base right & tuned wrong **{counts['base right, tuned wrong']}**, both right "
-            f"**{counts['both right']}**, both wrong **{counts['both wrong']}**.")
+            "Exact match per example: tuned right & base wrong "
+            f"**{counts['tuned right, base wrong']}**, base right & tuned wrong "
+            f"**{counts['base right, tuned wrong']}**, both right **{counts['both right']}**, "
+            f"both wrong **{counts['both wrong']}**.")
 
 
 def _views(report: dict | None, which: str):
