@@ -50,17 +50,29 @@ CONTACT_NO_COMPANY = [
 ]
 
 
+SYLLABLES = ["ka", "lo", "mer", "tin", "sa", "vo", "ren", "dal", "bri", "no", "qua", "zel", "ar",
+             "fen", "ti", "mo", "ras", "gul", "pe", "dro", "ven", "lis", "cor", "ha", "bel", "um"]
+SUFFIX = ["Corp", "Labs", "Ltd", "Foods", "Systems", "Travel", "Media", "Bank", "Logistics", "Tech"]
+
+
+def _word(rng, parts):
+    return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
+
+
 def contacts(rng, firsts, lasts, companies, cities, n):
+    """Half the people, companies and cities are invented words, so the model must copy, not recall."""
     rows = []
     for _ in range(n):
-        name = f"{rng.choice(firsts)} {rng.choice(lasts)}"
-        city = rng.choice(cities)
+        last = rng.choice(lasts) if rng.random() < 0.5 else _word(rng, rng.choice([2, 3]))
+        name = f"{rng.choice(firsts)} {last}"
+        city = rng.choice(cities) if rng.random() < 0.5 else _word(rng, rng.choice([2, 3]))
         phone = f"555-{rng.randrange(10000):04d}"
         if rng.random() < 0.15:
             company = None
             text = rng.choice(CONTACT_NO_COMPANY).format(name=name, city=city, phone=phone)
         else:
-            company = rng.choice(companies)
+            company = rng.choice(companies) if rng.random() < 0.5 else \
+                f"{_word(rng, 2)} {rng.choice(SUFFIX)}"
             text = rng.choice(CONTACT_TEMPLATES).format(name=name, company=company, city=city,
                                                         phone=phone)
         answer = json.dumps({"name": name, "company": company, "city": city, "phone": phone})

@@ -161,10 +161,13 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
         return [gr.update(value=values[n]) if n in values else gr.update() for n in names]
 
     preset.change(apply_preset, preset, widgets)
-    data_state.change(lambda s: gr.update(value=(s or {}).get("data", config.DEFAULT_DATA)),
-                      data_state, by_name["data"])
-    data_state.change(lambda s: gr.update(value=(s or {}).get("data_format", "auto")),
-                      data_state, by_name["data_format"])
+    def from_data_tab(state):
+        state = state or {}
+        return (state.get("data", config.DEFAULT_DATA), state.get("data_format", "auto"),
+                state.get("test_data", ""))
+
+    data_state.change(from_data_tab, data_state,
+                      [by_name["data"], by_name["data_format"], by_name["test_data"]])
 
     @user_errors
     def check(*values):
