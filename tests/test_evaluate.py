@@ -108,8 +108,9 @@ def test_evaluate_run_compares_base_and_tuned(trained_run):
     ex = saved["examples"]
     assert len(ex) == N_ROWS
     assert set(ex[0]) == {"prompt", "reference", "base", "tuned", "base_correct", "tuned_correct"}
-    assert ex[0]["prompt"].startswith("Viktor Fischer")  # the user's message, not the system's
-    assert ex[0]["reference"].startswith('{"name": "Viktor Fischer"')
+    first = json.loads((SAMPLES / "contacts" / "test.jsonl").read_text().splitlines()[0])
+    assert ex[0]["prompt"] == first["messages"][1]["content"]  # the user's, not the system's
+    assert ex[0]["reference"] == first["messages"][2]["content"]
     assert saved["created"] and saved["seconds"] >= 0
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
