@@ -136,7 +136,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         "seconds": round(time.time() - started, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    runinfo._write_json(run_dir / "eval.json", report)
+    runinfo.write_json(run_dir / "eval.json", report)
     tell(1, per_model, "done")
     log(f"Saved {run_dir / 'eval.json'} ({report['seconds']} s)")
     return report

@@ -151,6 +151,10 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[Message]], max_new_t
     `on_batch(done, total)` is called after each batch."""
     import torch
 
+    from finetune import hardware
+
+    hardware.use_inference_threads()
+
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
@@ -175,6 +179,10 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
     """Summed negative log-likelihood of the answer tokens (prompt tokens not counted), and how
     many answer tokens there were. Rows longer than `max_length` tokens are cut at the end."""
     import torch
+
+    from finetune import hardware
+
+    hardware.use_inference_threads()
     import torch.nn.functional as F
 
     seqs = []
@@ -222,7 +230,12 @@ def stream(model, tokenizer, messages: list[Message], max_new_tokens: int = 256,
     Generation stops at the model's end token, at `max_new_tokens`, at the first stop string
     (which is not shown), or when the caller stops iterating (e.g. a Gradio cancel)."""
     import torch
+
+    from finetune import hardware
+
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    hardware.use_inference_threads()
 
     halt = threading.Event()
 

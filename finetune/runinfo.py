@@ -56,7 +56,7 @@ def load_config(run_dir: Path):
     return config.load(Path(run_dir) / "config.yaml")
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)  # atomic: a reader never sees half a file
@@ -76,12 +76,12 @@ def read_status(run_dir: Path) -> dict:
 def update_status(run_dir: Path, **fields) -> dict:
     status = read_status(run_dir)
     status.update(fields, updated=time.time())
-    _write_json(Path(run_dir) / "status.json", status)
+    write_json(Path(run_dir) / "status.json", status)
     return status
 
 
 def write_resolved(run_dir: Path, reasons: dict[str, str]) -> None:
-    _write_json(Path(run_dir) / "resolved.json", reasons)
+    write_json(Path(run_dir) / "resolved.json", reasons)
 
 
 def read_resolved(run_dir: Path) -> dict[str, str]:
