@@ -99,13 +99,19 @@ def test_large_files_are_sampled_but_exact_near_the_cut(tiny_model, monkeypatch)
 
     monkeypatch.setattr(stats, "EXACT_ROWS", 10)
     monkeypatch.setattr(stats, "SAMPLE_ROWS", 5)
-    rows = data.load("sample:contacts").rows[:60]
+    short = data.load("sample:tickets").rows[:50]
+    long = [{"messages": [dict(m, content=m["content"] * 8) for m in r["messages"]]}
+            for r in data.load("sample:contacts").rows[:10]]
+    rows = short + long
     exact = data.TokenCounter(tiny_model).lengths(rows)
+    cut = (max(exact[:50]) + min(exact[50:])) // 2  # between the short and the long rows
     counter = data.TokenCounter(tiny_model)
-    cut = sorted(exact)[30]
     sampled = counter.lengths(rows, max_length=cut)
     assert counter.estimated_rows > 0 and "estimated" in counter.note
-    assert sum(n > cut for n in sampled) == sum(n > cut for n in exact)
+    assert sum(n > cut for n in sampled) == sum(n > cut for n in exact) == 10
+    # The rows closest to the cut are the ones counted exactly.
+    closest = sorted(range(len(rows)), key=lambda i: abs(sampled[i] - cut))[:3]
+    assert all(sampled[i] == exact[i] for i in closest)
 
 
 def test_histogram_marks_the_cut_off():

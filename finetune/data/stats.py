@@ -96,8 +96,9 @@ class TokenCounter:
         for i, n in zip(exact, measured):
             counts[i] = n
         if max_length:
-            near = [i for i, n in enumerate(counts)
-                    if 0.75 * max_length <= n <= 1.33 * max_length and i not in exact][:SAMPLE_ROWS]
+            near = sorted((i for i, n in enumerate(counts)
+                           if 0.75 * max_length <= n <= 1.33 * max_length and i not in exact),
+                          key=lambda i: abs(counts[i] - max_length))[:SAMPLE_ROWS]
             for i, n in zip(near, self._encode([texts[i] for i in near])):
                 counts[i] = n
                 exact[i] = None
