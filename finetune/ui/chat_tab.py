@@ -207,7 +207,8 @@ def build_chat_tab() -> None:
         stops = gr.Textbox(label="Stop strings", lines=2, placeholder="one per line, e.g. ###",
                            info="The answer ends before the first of these (write \\n for a "
                            "line break).")
-    gr.Markdown("**Next:** happy with the answers? Export the model, or train again with more or "
+    gr.Markdown("**Next:** happy with the answers? The tuned weights are in the run directory "
+                "(`runs/<run>/adapter/`, loadable with PEFT); otherwise train again with more or "
                 "cleaner data.")
 
     inputs = [message, single, left, right, target, mode, system, temperature, top_p, max_new,

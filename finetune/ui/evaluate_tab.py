@@ -116,9 +116,10 @@ def build_evaluate_tab() -> None:
         upload = gr.File(label="Test file (chat rows: JSONL, JSON, CSV, Parquet)",
                          file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet"],
                          type="filepath", visible=False, scale=2)
-        limit = gr.Number(value=None, precision=0, minimum=1, label="Examples to answer", scale=1,
-                          info=f"Empty: the whole test split, at most {evaluate.DEFAULT_LIMIT}. "
-                          "Answers take most of the time; loss uses every row.")
+        limit = gr.Number(value=evaluate.DEFAULT_LIMIT, precision=0, minimum=1,
+                          label="Examples to answer", scale=1,
+                          info="Answers to at most this many test rows (answering takes most of "
+                               "the time); loss uses every row.")
     go = gr.Button("Run evaluation", variant="primary")
     summary, metrics0, examples0 = show_saved(first, "all")
     summary_md = gr.Markdown(summary)

@@ -100,7 +100,9 @@ def live_view(run_path: str | None):
     speed = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
     text = status_markdown(st, run_dir.name)
     if speed:
-        text += f"  \n{speed[-1]:.0f} tokens/s"
+        import statistics
+
+        text += f"  \n{statistics.median(speed[-5:]):.0f} tokens/s (median of the last 5 steps)"
     active = st.get("state") in jobs.ACTIVE
     return (text, pd.DataFrame(loss) if loss else empty, pd.DataFrame(lr) if lr else empty,
             runinfo.log_tail(run_dir), active)
