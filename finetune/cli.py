@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     di.add_argument("path", help="file, sample:NAME, or Hub dataset id")
     di.add_argument("--format", default="auto", help="override the detected format")
     di.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
+    di.add_argument("--map", default="", metavar="MAPPING",
+                    help="which columns hold what, e.g. 'prompt=question, completion=answer'")
     di.add_argument("--json", action="store_true")
 
     sub.add_parser("runs", help="list runs with model, method, data, status, losses")
@@ -145,7 +147,7 @@ def cmd_data(args) -> int:
     from finetune.data import inspect
 
     return inspect.run_inspect(args.path, fmt=args.format, as_json=args.json,
-                               max_length=args.max_length)
+                               max_length=args.max_length, column_map=args.map)
 
 
 def cmd_runs(args) -> int:

@@ -39,6 +39,8 @@ class RunConfig:
     data_format: str = _f("auto", "How rows are read; 'auto' detects it from the columns.",
                           choices=["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"],
                           group="data")
+    column_map: str = _f("", "Which of your columns hold what, for data in no known format: "
+                         "e.g. 'prompt=question, completion=answer'.", group="data")
     val_data: str = _f("", "Validation file. Empty: held out from the training data.", group="data")
     test_data: str = _f("", "Test file for evaluation. Empty: the sample's own test split, or "
                         "held out from the training data.", group="data")

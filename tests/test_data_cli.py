@@ -58,3 +58,14 @@ def test_bench_inspect_small(monkeypatch):
     result = bench.bench_inspect(n_rows=300)
     assert result["rows"] == 300 and result["exit_code"] == 0 and result["seconds"] >= 0
     assert result["cpu"]
+
+
+def test_inspect_maps_unknown_columns_when_told_how(tmp_path, capsys):
+    from finetune.cli import main
+
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n", encoding="utf-8")
+    assert main(["data", "inspect", str(path)]) == 2
+    assert "--map in `data inspect`" in capsys.readouterr().out
+    assert main(["data", "inspect", str(path), "--map", "prompt=question, completion=answer"]) == 0
+    assert "prompt_completion" in capsys.readouterr().out

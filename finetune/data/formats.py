@@ -24,6 +24,9 @@ _COMMON_PAIRS = [("question", "answer"), ("query", "response"), ("input", "outpu
                  ("question", "response"), ("user", "assistant"), ("q", "a"), ("input", "target")]
 
 
+MAP_HOW = ("column mapping in the Data tab, --map in `data inspect`, --column-map in `train`")
+
+
 def parse_mapping(text: str) -> dict[str, str]:
     """'prompt=question, completion=answer' -> {'prompt': 'question', 'completion': 'answer'}."""
     mapping = {}
@@ -297,6 +300,7 @@ def _unknown_columns(table: RawTable, forced: str | None = None) -> str:
     lower = {c.lower(): c for c in table.columns}
     for q, a in _COMMON_PAIRS:
         if q in lower and a in lower:
-            return (f"{text} Map your columns, e.g. prompt={lower[q]}, completion={lower[a]} "
-                    "(format prompt_completion).")
-    return f"{text} Map your columns to these names (e.g. prompt=question, completion=answer)."
+            return (f"{text} Map your columns ({MAP_HOW}): prompt={lower[q]}, "
+                    f"completion={lower[a]}.")
+    return (f"{text} Map your columns to these names ({MAP_HOW}), e.g. prompt=question, "
+            "completion=answer.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 from finetune.data import clean
+from finetune.data.formats import parse_mapping
 from finetune.data.loader import load
 from finetune.data.readers import sample_path
 from finetune.data.types import Loaded, Splits
@@ -16,9 +17,11 @@ from finetune.errors import DataError
 DEFAULT_VAL_FRACTION = 0.1  # used only when a caller passes "auto" unresolved
 
 
-def load_usable(source: str, fmt: str, system_prompt: str, role: str) -> Loaded:
+def load_usable(source: str, fmt: str, system_prompt: str, role: str,
+                column_map: str = "") -> Loaded:
     """load(), then refuse data that still has errors (each named) before it reaches training."""
-    loaded = load(source, fmt, system_prompt=system_prompt)
+    loaded = load(source, fmt, mapping=parse_mapping(column_map) if column_map else None,
+                  system_prompt=system_prompt)
     errors = loaded.errors
     if errors:
         lines = "\n  - ".join(p.message for p in errors[:8])
@@ -68,7 +71,8 @@ def _fraction(value, default: float) -> float:
 
 def prepare(cfg, val_fraction: float) -> Splits:
     """Train/val/test rows for a RunConfig; a DataError when the data cannot be trained on."""
-    loaded = load_usable(cfg.data, cfg.data_format, cfg.system_prompt, "training")
+    loaded = load_usable(cfg.data, cfg.data_format, cfg.system_prompt, "training",
+                         cfg.column_map)
     return split(loaded, cfg, val_fraction)
 
 
@@ -79,7 +83,8 @@ def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
     sources = {"train": cfg.data}
     holdouts = []  # fractions to take from the training rows, test first so it is stable
     if cfg.test_data:
-        test = clean.dedupe(load_usable(cfg.test_data, "auto", cfg.system_prompt, "test").rows)[0]
+        test = clean.dedupe(load_usable(cfg.test_data, "auto", cfg.system_prompt, "test",
+                                                 cfg.column_map).rows)[0]
         sources["test"] = cfg.test_data
     elif cfg.data.startswith("sample:"):
         path = sample_path(cfg.data, "test")
@@ -90,7 +95,8 @@ def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
         holdouts.append(float(cfg.test_fraction))
         sources["test"] = f"{cfg.test_fraction:.0%} held out from {cfg.data} (seed {cfg.seed})"
     if cfg.val_data:
-        val = clean.dedupe(load_usable(cfg.val_data, "auto", cfg.system_prompt, "validation").rows)[0]
+        val = clean.dedupe(load_usable(cfg.val_data, "auto", cfg.system_prompt, "validation",
+                                                cfg.column_map).rows)[0]
         sources["val"] = cfg.val_data
     else:
         val = None
