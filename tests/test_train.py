@@ -84,3 +84,17 @@ def test_qlora_loads_a_4bit_base_and_trains(tiny_model, tiny_data):
                       save_steps=3, lora_r=4)
     status = train.run(jobs.prepare_run(cfg))
     assert status["state"] == "completed", status
+
+
+def test_the_saved_config_repeats_the_run_exactly(tiny_model, tiny_data, capsys):
+    from finetune.cli import main
+
+    assert main(["train", "--model", str(tiny_model), "--data", str(tiny_data),
+                 "--max-steps", "2"]) == 0
+    first = runinfo.run_path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", str(first / "config.yaml")]) == 0
+    second = runinfo.run_path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second != first
+    assert (second / "config.yaml").read_text() == (first / "config.yaml").read_text()
+    losses = [[m["loss"] for m in runinfo.read_metrics(r) if "loss" in m] for r in (first, second)]
+    assert losses[0] == losses[1]  # same data order, same seed, same numbers

@@ -224,31 +224,26 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
     timer.tick(tick, run_pick, live_outputs)
     run_pick.change(tick, run_pick, live_outputs)
 
-    @user_errors
-    def stop(run_path):
-        from pathlib import Path
+    def run_action(action: str, missing: str):
+        """A button that acts on the picked run (stop, resume), then shows it."""
 
-        from finetune import jobs, runinfo
+        @user_errors
+        def handler(run_path):
+            from pathlib import Path
 
-        if not run_path:
-            raise gr.Error("Pick a run to stop.")
-        jobs.stop(runinfo.run_path(Path(run_path)))
-        return tick(run_path)
+            from finetune import jobs, runinfo
 
-    stop_btn.click(stop, run_pick, live_outputs)
+            if not run_path:
+                raise gr.Error(missing)
+            getattr(jobs, action)(runinfo.run_path(Path(run_path)))
+            return tick(run_path)  # a resumed run is active again, so polling restarts
 
-    @user_errors
-    def resume(run_path):
-        from pathlib import Path
+        return handler
 
-        from finetune import jobs, runinfo
-
-        if not run_path:
-            raise gr.Error("Pick a stopped or interrupted run to resume.")
-        jobs.resume(runinfo.run_path(Path(run_path)))
-        return tick(run_path)[:-1] + (gr.Timer(active=True),)
-
-    resume_btn.click(resume, run_pick, live_outputs)
+    stop_btn.click(run_action("stop", "Pick a run to stop."), run_pick, live_outputs,
+                   api_name="stop_run")
+    resume_btn.click(run_action("resume", "Pick a stopped or interrupted run to resume."),
+                     run_pick, live_outputs, api_name="resume_run")
     refresh_btn.click(refresh, run_pick, [run_pick, runs_df])
     # Reattach on page load: pick the run that is training now (or the newest); its change
     # event starts the polling when that run is still active.
