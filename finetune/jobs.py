@@ -77,6 +77,11 @@ def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, str]]:
     from finetune import resolve
 
     facts, source, shape = gather_facts(cfg)
+    if cfg.precision == "fp16" and facts.device == "cpu":
+        from finetune.errors import ConfigError
+
+        raise ConfigError("precision fp16 needs a GPU (CPUs run it at ~2 GFLOP/s, and training "
+                          "refuses it there): use 'auto', 'fp32' or 'bf16' on this machine.")
     resolved, reasons = resolve.resolve(cfg, facts, shape["lora_per_rank"])
     reasons["model"] = source.describe()
     return resolved, reasons

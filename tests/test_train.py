@@ -98,3 +98,10 @@ def test_the_saved_config_repeats_the_run_exactly(tiny_model, tiny_data, capsys)
     assert (second / "config.yaml").read_text() == (first / "config.yaml").read_text()
     losses = [[m["loss"] for m in runinfo.read_metrics(r) if "loss" in m] for r in (first, second)]
     assert losses[0] == losses[1]  # same data order, same seed, same numbers
+
+
+def test_fp16_on_a_cpu_is_refused_with_what_to_use_instead(tiny_model, tiny_data):
+    from finetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 needs a GPU.*'fp32' or 'bf16'"):
+        jobs.prepare_run(tiny_config(tiny_model, tiny_data, precision="fp16"))
