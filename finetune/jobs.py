@@ -74,14 +74,14 @@ def model_shape(source) -> dict:
 
 def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, str]]:
     """Every 'auto' setting made concrete, with the reason for each value."""
-    from finetune import resolve
+    from finetune import hardware, resolve
 
-    facts, source, shape = gather_facts(cfg)
-    if cfg.precision == "fp16" and facts.device == "cpu":
+    if cfg.precision == "fp16" and hardware.detect().device == "cpu":
         from finetune.errors import ConfigError
 
         raise ConfigError("precision fp16 needs a GPU (CPUs run it at ~2 GFLOP/s, and training "
                           "refuses it there): use 'auto', 'fp32' or 'bf16' on this machine.")
+    facts, source, shape = gather_facts(cfg)
     resolved, reasons = resolve.resolve(cfg, facts, shape["lora_per_rank"])
     reasons["model"] = source.describe()
     return resolved, reasons
@@ -129,18 +129,22 @@ def _alive(status: dict) -> bool:
         return False
 
 
+def _resume_point(run_dir: Path) -> str:
+    ckpt = runinfo.latest_checkpoint(run_dir)
+    return f"resume continues from {ckpt.name}" if ckpt else \
+        "resume continues from the start (no checkpoint yet)"
+
+
 def status(run_dir: Path) -> dict:
     """The run's status, with a dead process detected and recorded as 'interrupted'."""
     st = runinfo.read_status(run_dir)
     if st.get("state") in ("starting", "running", "stopping") and not _alive(st):
         # Give a process that just started (or just ended) a moment before judging it.
         if time.time() - st.get("updated", 0) > 3:
-            ckpt = runinfo.latest_checkpoint(run_dir)
-            where = f"from {ckpt.name}" if ckpt else "from the start (no checkpoint yet)"
             st = runinfo.update_status(
                 run_dir, state="interrupted", pid=None,
                 end_reason=f"the training process ended unexpectedly at step {st.get('step', 0)}; "
-                           f"resume continues {where}")
+                           f"{_resume_point(run_dir)}")
     return st
 
 
@@ -208,11 +212,9 @@ def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:
             os.killpg(pid, signal.SIGKILL)  # its own session: this ends every child too
         except (ProcessLookupError, PermissionError):
             pass
-        ckpt = runinfo.latest_checkpoint(run_dir)
-        where = f"from {ckpt.name}" if ckpt else "from the start"
         return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
-                                     end_reason=f"stopped (killed after {timeout:.0f} s); resume "
-                                                f"continues {where}")
+                                     end_reason=f"stopped (killed after {timeout:.0f} s); "
+                                                f"{_resume_point(run_dir)}")
     try:
         os.killpg(pid, signal.SIGKILL)  # stray children, if any
     except (ProcessLookupError, PermissionError):
