@@ -46,8 +46,10 @@ def run_one(task: str, setup: str, log=print) -> dict:
            "base_em": m["base"]["exact_match"], "tuned_em": m["tuned"]["exact_match"],
            "n_test": report["n_examples"], "end": status.get("end_reason", ""),
            "settings": (f"lr {resolved.learning_rate:g}, r {resolved.lora_r}, batch "
-                        f"{resolved.batch_size}x{resolved.grad_accum}, {resolved.max_steps} steps, "
-                        f"max len {resolved.max_length}, {resolved.precision}"),
+                        f"{resolved.batch_size}x{resolved.grad_accum}, {resolved.max_steps} steps "
+                        f"planned, max len {resolved.max_length}, {resolved.precision}, "
+                        + (f"{resolved.val_fraction:.0%} validation every {resolved.eval_steps} "
+                           "steps" if resolved.val_fraction else "no validation")),
            "run": str(run_dir)}
     log(row)
     return row

@@ -20,6 +20,10 @@ from finetune.errors import ConfigError
 AUTO = "auto"
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DATA = "sample:contacts"
+# Early stopping: stop once validation loss falls by less than MIN_DELTA per tenth of the run
+# (chosen on the bundled tasks: docs/BENCHMARKS.md).
+MIN_DELTA = 0.005
+SOLVED_LOSS = 0.01  # ... or once it is this low: the task is learned
 
 Auto = Union[str, int, float]  # "auto" or a concrete value
 
@@ -96,8 +100,18 @@ class RunConfig:
                           group="evaluation", type=int, min=1, max=10_000_000)
     early_stopping: bool = _f(True, "Stop when validation loss stops improving and keep the best "
                               "checkpoint.", group="evaluation")
-    early_stopping_patience: int = _f(3, "Evaluations without improvement before stopping.",
-                                      group="evaluation", type=int, min=1, max=1000)
+    early_stopping_patience: Auto = _f(AUTO, "Validations in a row without enough improvement "
+                                       "before stopping ('auto': 1, or 3 when the validation "
+                                       "set holds few answer tokens and its loss is noisy).",
+                                       group="evaluation", type=int, min=1, max=1000)
+    early_stopping_min_delta: float = _f(
+        MIN_DELTA, "Validation loss (per token) must fall by at least this much for every tenth of "
+        "the run between two validations to count as an improvement; 0: any fall counts.",
+        group="evaluation", type=float, min=0.0, max=10.0)
+    early_stopping_loss: float = _f(
+        SOLVED_LOSS, "Stop as soon as validation loss is this low: at 0.01 the model already gives "
+        "each answer token ~99% probability; 0: never stop for this.", group="evaluation",
+        type=float, min=0.0, max=10.0)
     report_to: str = _f("none", "Also log metrics to trackio (when installed).",
                         choices=["none", "trackio"], group="evaluation")
 

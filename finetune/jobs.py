@@ -45,10 +45,12 @@ def gather_facts(cfg: RunConfig):
     sample = rows if len(rows) <= resolve.LENGTH_SAMPLE else \
         random.Random(cfg.seed).sample(rows, resolve.LENGTH_SAMPLE)
     lengths = resolve.token_lengths(sample, tokenizer)
+    answers = resolve.answer_lengths(sample, tokenizer)
     hw = hardware.detect()
     gflops = hardware.probe()
     precision, why = hardware.choose_precision(hw, gflops)
     return resolve.Facts(n_rows=len(rows), lengths=lengths, has_val_file=bool(cfg.val_data),
+                         n_val_file=len(splits.val), answer_lengths=answers,
                          data_format=splits.report["format"],
                          precision=precision, precision_reason=why, device=hw.device,
                          memory_gb=hw.memory_gb,

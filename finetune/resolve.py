@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 from finetune.config import AUTO, RunConfig
 
-TARGET_STEPS = 40  # optimizer steps a small dataset gets at least (repeating it as needed)
+TARGET_STEPS = 30  # optimizer steps a small dataset gets at least (repeating it as needed)
 MAX_AUTO_EPOCHS = 10
 LENGTH_SAMPLE = 5000  # rows measured for the length distribution of big datasets
+VAL_SHARE = 0.05  # rows held out for validation when no validation file is given (4 to 200)
+VALIDATION_COST = 1 / 3  # a validation row costs about a third of a training row (forward only)
+VALIDATION_BUDGET = 0.15  # share of the training time validation may take
+MIN_VALIDATIONS, MAX_VALIDATIONS = 3, 10  # per run, so the best checkpoint can be kept
+STEADY_ANSWER_TOKENS = 100  # answer tokens a validation pass needs for a steady loss
 
 
 @dataclass
@@ -35,6 +40,8 @@ class Facts:
     precision: str
     precision_reason: str
     data_format: str = "messages"  # what finetune.data detected
+    answer_lengths: list[int] | None = None  # tokens that carry loss, per measured row
+    n_val_file: int = 0  # rows in the validation file, when one was given
 
 
 def token_lengths(rows: list[dict], tokenizer) -> list[int]:
@@ -46,6 +53,15 @@ def token_lengths(rows: list[dict], tokenizer) -> list[int]:
         else:
             ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)
             out.append(len(ids["input_ids"]))
+    return out
+
+
+def answer_lengths(rows: list[dict], tokenizer) -> list[int]:
+    """Tokens that carry the loss per row: the last assistant reply (the whole text for text rows)."""
+    out = []
+    for row in rows:
+        text = row["text"] if "text" in row else row["messages"][-1]["content"]
+        out.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1)
     return out
 
 
@@ -77,14 +93,19 @@ def val_fraction(f: Facts) -> tuple[float, str]:
     if f.n_rows < 20:
         return 0.0, (f"only {f.n_rows} rows: all kept for training (no validation, so no early "
                      "stopping)")
-    n_val = max(4, min(200, round(0.1 * f.n_rows)))
-    return round(n_val / f.n_rows, 4), f"{n_val} of {f.n_rows} rows held out to watch overfitting"
+    n_val = max(4, min(200, round(VAL_SHARE * f.n_rows)))
+    return round(n_val / f.n_rows, 4), (f"{n_val} of {f.n_rows} rows held out to watch the "
+                                        "validation loss (few, so checking it often stays cheap)")
 
 
-def effective_batch(n_train: int) -> int:
-    if n_train < 64:
-        return max(1, min(4, n_train))
-    return 16 if n_train >= 5000 else 8
+def effective_batch(n_train: int) -> tuple[int, str]:
+    """Rows per optimizer step: 8 keeps a CPU busy and learns fast; 16 for big datasets."""
+    if n_train >= 5000:
+        return 16, "a large dataset: bigger steps learn as well and run faster"
+    if n_train >= 64:
+        return 8, f"{n_train} training rows make {math.ceil(n_train / 8)} steps of 8 per pass"
+    eff = max(1, min(4, n_train))
+    return eff, f"only {n_train} training rows: small steps, so there are enough of them"
 
 
 def model_size(n_params: int) -> str:
@@ -94,8 +115,8 @@ def model_size(n_params: int) -> str:
 def learning_rate(method: str, n_params: int) -> tuple[float, str]:
     size = f"{model_size(n_params)} parameters"
     if method in ("lora", "qlora"):
-        lr = 2e-4 if n_params < 3e9 else 1e-4
-        return lr, f"{method} adapters on a model of {size} learn fast at this rate"
+        lr = 4e-4 if n_params < 1e9 else 2e-4 if n_params < 3e9 else 1e-4
+        return lr, f"{method} adapters on a model of {size}: smaller models take larger steps"
     lr = 5e-5 if n_params < 5e8 else 2e-5 if n_params < 3e9 else 1e-5
     return lr, f"full fine-tuning of {size}: small steps keep what the model knows"
 
@@ -104,6 +125,36 @@ def lora_rank(n_params: int) -> tuple[int, str]:
     if n_params < 1e10:
         return 16, f"enough capacity for one task on a {model_size(n_params)} model"
     return 8, f"a {model_size(n_params)} model needs little extra capacity per task"
+
+
+def eval_interval(steps: int, n_val: int, rows_per_step: int) -> tuple[int, str]:
+    """Validate often enough to stop when the loss flattens, rarely enough to cost ~15% at most."""
+    if n_val <= 0:
+        return (max(1, min(500, math.ceil(steps / 10))),
+                "no validation rows: sets how often a checkpoint is saved (about 10 per run)")
+    # A validation pass costs about n_val * VALIDATION_COST training rows.
+    cheap = math.ceil(n_val * VALIDATION_COST / (VALIDATION_BUDGET * rows_per_step))
+    every = max(1, math.ceil(steps / MAX_VALIDATIONS), cheap)
+    every = min(every, max(1, math.ceil(steps / MIN_VALIDATIONS)), 10_000)
+    times = math.ceil(steps / every)
+    share = 100 * times * n_val * VALIDATION_COST / max(1, steps * rows_per_step)
+    return every, (f"{times} validation(s) of {n_val} rows over {steps} steps: about {share:.0f}% "
+                   "of the training time")
+
+
+def patience(n_val: int, f: Facts) -> tuple[int, str]:
+    """One flat validation stops the run, unless so few answer tokens are validated that the
+    loss jumps about by chance (a labelling task validated on 13 one-word answers: one answer
+    flipping moves it by 0.05)."""
+    if n_val <= 0:
+        return 1, "no validation rows: no early stopping"
+    per_row = (sum(f.answer_lengths) / len(f.answer_lengths)) if f.answer_lengths else 0
+    tokens = round(n_val * per_row)
+    if per_row and tokens < STEADY_ANSWER_TOKENS:
+        return 3, (f"validation holds only ~{tokens} answer tokens: its loss jumps about, so "
+                   "three flat validations in a row are needed")
+    return 1, (f"validation holds ~{tokens} answer tokens: its loss is steady, one flat "
+               "validation is enough" if per_row else "one flat validation is enough")
 
 
 def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[RunConfig, dict]:
@@ -131,9 +182,9 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     decide("learning_rate", *learning_rate(cfg.method, f.n_params))
 
     # Batch: the effective batch the data calls for, as micro-batch x accumulation that fits.
-    eff = effective_batch(n_train)
-    if cfg.batch_size != AUTO and cfg.grad_accum == AUTO:
-        eff = max(eff, int(cfg.batch_size))
+    eff, eff_reason = effective_batch(n_train)
+    if cfg.batch_size != AUTO and cfg.grad_accum == AUTO and int(cfg.batch_size) > eff:
+        eff, eff_reason = int(cfg.batch_size), "your batch size, without accumulation"
     avail = f.memory_gb * (0.85 if f.device == "cuda" else 0.6)
     lora_params = (lora_params_per_rank * int(rank)) if cfg.method != "full" else 0
 
@@ -154,8 +205,8 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     mem = f"needs ~{gb:.1f} of {f.memory_gb:.0f} GB"
     decide("batch_size", micro, f"{mem} at max length {length}")
     accum = max(1, math.ceil(eff / int(values["batch_size"])))
-    decide("grad_accum", accum, f"{values['batch_size']} x {accum} = {eff} rows per step "
-                                f"for {n_train} training rows")
+    decide("grad_accum", accum, f"{values['batch_size']} x {accum} = {eff} rows per step: "
+                                + eff_reason)
     if ckpt_auto:
         values["gradient_checkpointing"] = "on" if use_ckpt else "off"
         reasons["gradient_checkpointing"] = (
@@ -192,10 +243,10 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     total = max(1, math.ceil(float(epochs) * steps_per_epoch))
     steps = decide("max_steps", total, f"{float(epochs):g} epoch(s) x {steps_per_epoch} steps")
 
-    has_val = vf > 0 or f.has_val_file
-    every = max(1, min(500, math.ceil(int(steps) / 10))) if int(steps) >= 10 else max(1, int(steps))
-    decide("eval_steps", every, ("about 10 validations over the run" if has_val else
-                                 "no validation split: only used for logging"))
+    n_val = f.n_val_file if f.has_val_file else round(float(vf) * f.n_rows)
+    every, every_reason = eval_interval(int(steps), n_val, per_step)
+    decide("eval_steps", every, every_reason)
+    decide("early_stopping_patience", *patience(n_val, f))
     # Saving at every evaluation lets the best checkpoint be restored at the end.
     decide("save_steps", values["eval_steps"], "with every validation, so the best one is kept")
 

@@ -31,12 +31,23 @@ def test_every_auto_setting_gets_a_concrete_value_and_a_reason():
 def test_360_rows_one_epoch_batch_8():
     resolved, reasons = run(n_rows=360)
     assert resolved.batch_size * resolved.grad_accum == 8
-    assert resolved.epochs == 1.0 and resolved.max_steps == 41  # 324 training rows / 8
-    assert resolved.val_fraction == 0.1 and "36 of 360 rows held out" in reasons["val_fraction"]
-    assert resolved.learning_rate == 2e-4 and resolved.lora_r == 16 and resolved.lora_alpha == 32
+    assert resolved.epochs == 1.0 and resolved.max_steps == 43  # 342 training rows / 8
+    assert resolved.val_fraction == 0.05 and "18 of 360 rows held out" in reasons["val_fraction"]
+    assert resolved.learning_rate == 4e-4 and resolved.lora_r == 16 and resolved.lora_alpha == 32
     assert resolved.gradient_checkpointing == "off"
     assert resolved.save_steps == resolved.eval_steps
     assert reasons["memory"].startswith("fits")
+
+
+def test_validation_is_frequent_enough_to_stop_on_a_plateau_but_costs_little():
+    resolved, reasons = run(n_rows=360)  # 43 steps of 8 rows, 18 rows held out
+    assert resolved.eval_steps == 5  # 9 passes over 18 rows, each about 2 training steps' work
+    assert reasons["eval_steps"].startswith("9 validation(s) of 18 rows over 43 steps")
+    share = int(reasons["eval_steps"].split("about ")[1].split("%")[0])
+    assert share <= 16
+    # A big validation file on a short run (45 steps) is still looked at 3 times.
+    resolved, reasons = run(n_rows=360, has_val_file=True, n_val_file=5000)
+    assert resolved.eval_steps == 15 and "3 validation(s) of 5000 rows" in reasons["eval_steps"]
 
 
 def test_one_row():
@@ -106,3 +117,16 @@ def test_user_values_are_kept():
 def test_full_fine_tuning_uses_a_smaller_learning_rate():
     resolved, reasons = run(config.RunConfig(method="full"), n_rows=360)
     assert resolved.learning_rate == 5e-5 and "full fine-tuning" in reasons["learning_rate"]
+
+
+def test_patience_is_two_when_the_validation_loss_rests_on_few_answer_tokens():
+    # A labelling task: 268 rows, one-word answers -> 13 validation rows, ~26 answer tokens.
+    labels, reasons = run(n_rows=268, answer_lengths=[2] * 268)
+    assert labels.early_stopping_patience == 3 and "only ~26 answer tokens" in \
+        reasons["early_stopping_patience"]
+    # An extraction task: 35-token answers -> 18 validation rows hold ~630 answer tokens.
+    extract, reasons = run(n_rows=360, answer_lengths=[35] * 360)
+    assert extract.early_stopping_patience == 1 and "~630 answer tokens" in \
+        reasons["early_stopping_patience"]
+    kept, reasons = run(config.RunConfig(early_stopping_patience=4), n_rows=360)
+    assert kept.early_stopping_patience == 4 and reasons["early_stopping_patience"] == "set by you"
