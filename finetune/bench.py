@@ -4,7 +4,7 @@
     python -m finetune bench train --json    # LoRA training tokens/s on the bundled model
     python -m finetune bench chat            # time to first token, decode tokens/s
     python -m finetune bench data            # `data inspect` on 100,000 rows
-    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~1 h)
+    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~2 h)
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def bench_defaults() -> dict:
 
 BENCHES = {"hardware": bench_hardware, "data": bench_data, "chat": bench_chat,
            "train": bench_train, "defaults": bench_defaults}
-QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about an hour
+QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about two hours
 
 
 def main(what: list[str], as_json: bool = False) -> int:

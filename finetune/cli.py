@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("model", nargs="?", default="SmolLM2-135M-Instruct")
 
     b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
-    b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~1 h)")
+    b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~2 h on 2 CPU cores)")
     b.add_argument("--json", action="store_true")
     return p
 

@@ -87,13 +87,18 @@ def max_length(f: Facts) -> tuple[int, str]:
                  f"truncated{sampled}")
 
 
+def val_rows(n_rows: int) -> int:
+    """Rows held out for validation from n_rows when no validation file is given."""
+    return 0 if n_rows < 20 else max(4, min(200, round(VAL_SHARE * n_rows)))
+
+
 def val_fraction(f: Facts) -> tuple[float, str]:
     if f.has_val_file:
         return 0.0, "a validation file was given"
-    if f.n_rows < 20:
+    n_val = val_rows(f.n_rows)
+    if not n_val:
         return 0.0, (f"only {f.n_rows} rows: all kept for training (no validation, so no early "
                      "stopping)")
-    n_val = max(4, min(200, round(VAL_SHARE * f.n_rows)))
     return round(n_val / f.n_rows, 4), (f"{n_val} of {f.n_rows} rows held out to watch the "
                                         "validation loss (few, so checking it often stays cheap)")
 

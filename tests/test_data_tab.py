@@ -27,7 +27,7 @@ def test_default_sample_on_page_load():
                     "state"], data_tab.show_default()))
     assert out["state"] == {"data": "sample:contacts", "data_format": "messages"}
     assert "**Format:** messages (detected)" in out["understood"]
-    assert "train **324**, validation **36**" in out["understood"]
+    assert "train **342**, validation **18**" in out["understood"]  # what the Train tab will hold out
     assert out["problems"] == [("No problems found.", None)]
     assert len(out["table"]) == 200 and "completion (learned)" in out["table"].columns
     assert any(label == data_tab.LOSS for _, label in out["rendered"])

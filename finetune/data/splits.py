@@ -14,7 +14,7 @@ from finetune.data.readers import sample_path
 from finetune.data.types import Loaded, Splits
 from finetune.errors import DataError
 
-DEFAULT_VAL_FRACTION = 0.1  # used only when a caller passes "auto" unresolved
+DEFAULT_VAL_FRACTION = 0.05  # used only when a caller passes "auto" unresolved (resolve.VAL_SHARE)
 
 
 def load_usable(source: str, fmt: str, system_prompt: str, role: str,

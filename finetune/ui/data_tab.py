@@ -16,14 +16,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from finetune import data, paths
+from finetune import data, paths, resolve
 from finetune.config import DEFAULT_DATA, RunConfig
 from finetune.errors import DataError
 from finetune.ui.common import user_errors
 
 PREVIEW_ROWS = 200
 DEFAULT_MAX_LENGTH = 512
-VAL_SHOWN = 0.1  # the validation share the split counts are shown for
 LOSS, CUT = "trained on (loss)", "cut off (beyond max length)"
 NEXT = ("**Next:** open the **Train** tab; it uses the data shown here. Press *Start training* "
         "there (every *auto* setting is decided from this data).")
@@ -174,7 +173,8 @@ def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_len
         cfg = RunConfig(data=state["data"], data_format=state["data_format"],
                         test_data=state.get("test_data", ""))
         cleaned = dataclasses.replace(analysis.loaded, rows=analysis.rows, problems=[])
-        split_report = data.split(cleaned, cfg, VAL_SHOWN).report
+        n_train = len(data.split(cleaned, cfg, 0.0).train)  # what is left after the test split
+        split_report = data.split(cleaned, cfg, resolve.val_rows(n_train) / max(1, n_train)).report
     text = understood_markdown(summary, split_report, state)
     if not summary["usable"]:
         text += "  \n**Not usable yet:** fix the errors listed below and load it again."
