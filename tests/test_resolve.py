@@ -119,7 +119,7 @@ def test_full_fine_tuning_uses_a_smaller_learning_rate():
     assert resolved.learning_rate == 5e-5 and "full fine-tuning" in reasons["learning_rate"]
 
 
-def test_patience_is_two_when_the_validation_loss_rests_on_few_answer_tokens():
+def test_patience_is_three_when_the_validation_loss_rests_on_few_answer_tokens():
     # A labelling task: 268 rows, one-word answers -> 13 validation rows, ~26 answer tokens.
     labels, reasons = run(n_rows=268, answer_lengths=[2] * 268)
     assert labels.early_stopping_patience == 3 and "only ~26 answer tokens" in \
