@@ -71,17 +71,22 @@ def _pct(values: list[int], q: float) -> int:
 
 
 def max_length(f: Facts) -> tuple[int, str]:
-    if not f.lengths:
-        return min(512, f.context), "no rows measured; a common default"
-    longest, p995 = max(f.lengths), _pct(f.lengths, 0.995)
+    return length_cut(f.lengths, f.context, f.n_rows)
+
+
+def length_cut(lengths: list[int], context: int, n_rows: int | None = None) -> tuple[int, str]:
+    """The auto max length for rows of these token lengths (the Data tab shows the same cut)."""
+    if not lengths:
+        return min(512, context), "no rows measured; a common default"
+    longest, p995 = max(lengths), _pct(lengths, 0.995)
     # Cover every row unless a few outliers would stretch every batch: then cut at 99.5%.
     cut = longest if longest <= 1.25 * p995 else p995
-    cut = min(f.context, int(math.ceil(cut / 8) * 8))
-    truncated = sum(1 for n in f.lengths if n > cut)
-    share = 100 * (len(f.lengths) - truncated) / len(f.lengths)
-    sampled = f" (measured on {len(f.lengths):,} sampled rows)" if len(f.lengths) < f.n_rows else ""
-    if cut == f.context and longest > f.context:
-        return cut, (f"the model's context is {f.context}: {truncated} of {len(f.lengths)} rows "
+    cut = min(context, int(math.ceil(cut / 8) * 8))
+    truncated = sum(1 for n in lengths if n > cut)
+    share = 100 * (len(lengths) - truncated) / len(lengths)
+    sampled = f" (measured on {len(lengths):,} sampled rows)" if len(lengths) < (n_rows or 0) else ""
+    if cut == context and longest > context:
+        return cut, (f"the model's context is {context}: {truncated} of {len(lengths)} rows "
                      f"are longer and will be truncated{sampled}")
     return cut, (f"covers {share:.1f}% of rows (longest {longest} tokens), {truncated} "
                  f"truncated{sampled}")

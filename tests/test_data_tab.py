@@ -34,6 +34,18 @@ def test_default_sample_on_page_load():
     assert out["info"].startswith("Row 1 of 360")
 
 
+def test_an_empty_max_length_shows_the_cut_training_will_choose():
+    out = show("sample:contacts", "auto", "", False, False, False, None)
+    note = [line for line in out["understood"].split("  \n") if line.startswith("**Max length (auto)")]
+    assert note and "covers 100.0% of rows" in note[0] and "0 truncated" in note[0]
+    cut = int(note[0].split("** ")[1].split(":")[0])
+    assert cut % 8 == 0 and f"0 longer than the max length of {cut}" in out["understood"]
+    assert out["rows"]["cut"] == cut
+    # The example view cuts where the tab cut, even with the box left empty.
+    spans, info = data_tab.show_example({"rows": out["rows"]["rows"], "cut": 16}, 1, None)
+    assert "cut off by the max length" in info
+
+
 def test_upload_is_kept_and_mapping_writes_a_prepared_file(tmp_path, finetune_home):
     upload = tmp_path / "qa.csv"
     upload.write_text("question,answer,email\nWhy?,Because.,a@b.org\nHow?,Like so.,c@d.org\n",

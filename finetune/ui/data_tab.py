@@ -22,7 +22,6 @@ from finetune.errors import DataError
 from finetune.ui.common import user_errors
 
 PREVIEW_ROWS = 200
-DEFAULT_MAX_LENGTH = 512
 LOSS, CUT = "trained on (loss)", "cut off (beyond max length)"
 NEXT = ("**Next:** open the **Train** tab; it uses the data shown here. Press *Start training* "
         "there (every *auto* setting is decided from this data).")
@@ -151,14 +150,26 @@ def render(rows: list[dict], index, max_length) -> tuple[list, str]:
 def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_length, current):
     """Everything the tab shows for one source; on a DataError the problems panel says why and
     the Train tab keeps what it had."""
+    auto = not max_length  # empty box: the cut the Train tab's 'auto' max length will choose
     max_length = int(max_length) if max_length else None
     empty_plot = histogram_plot([], None)
     try:
         mapping = data.parse_mapping(mapping_text)
         counter = data.TokenCounter(data.default_tokenizer_dir())
-        analysis = data.analyze(source, fmt, mapping=mapping, max_length=max_length,
+
+        def analyze(limit):
+            return data.analyze(source, fmt, mapping=mapping, max_length=limit,
                                 mask_emails=mask_emails, mask_phones=mask_phones,
                                 drop_long=drop_long, counter=counter)
+
+        analysis = analyze(max_length)
+        auto_note = ""
+        if auto and analysis.lengths:
+            max_length, why = resolve.length_cut(analysis.lengths, model_context())
+            analysis = analyze(max_length)  # again, so the counts and the cleaning use the cut
+            auto_note = f"**Max length (auto):** {max_length}: {why}" + (
+                "." if analysis.summary["tokens"].get("exact") else
+                " (estimated counts; the Train tab measures them with the model's tokenizer).")
     except DataError as e:
         keep = (f"The Train tab still uses `{current['data']}`." if current and current.get("data")
                 else "Fix the data, or pick a bundled sample.")
@@ -176,22 +187,36 @@ def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_len
         n_train = len(data.split(cleaned, cfg, 0.0).train)  # what is left after the test split
         split_report = data.split(cleaned, cfg, resolve.val_rows(n_train) / max(1, n_train)).report
     text = understood_markdown(summary, split_report, state)
+    if auto_note:
+        text += "  \n" + auto_note
     if not summary["usable"]:
         text += "  \n**Not usable yet:** fix the errors listed below and load it again."
     rows = analysis.rows
     spans, info = render(rows, 1, max_length)
     return (text, problem_spans(summary["problems"]), histogram_plot(analysis.lengths, max_length),
-            table_frame(rows, analysis.lengths), {"rows": rows},
+            table_frame(rows, analysis.lengths), {"rows": rows, "cut": max_length},
             gr.update(value=1, maximum=max(1, len(rows))), spans, info,
             state if state else (current if current else gr.update()))
 
 
 def show_default():
-    return show(DEFAULT_DATA, "auto", "", False, False, False, DEFAULT_MAX_LENGTH, {})
+    return show(DEFAULT_DATA, "auto", "", False, False, False, None, {})
 
 
 def show_example(rows_state, index, max_length):
-    return render((rows_state or {}).get("rows", []), index, max_length)
+    rows_state = rows_state or {}
+    return render(rows_state.get("rows", []), index, max_length or rows_state.get("cut"))
+
+
+def model_context() -> int:
+    """The bundled model's context when it is prepared; otherwise no cap (lengths decide)."""
+    import json
+
+    folder = data.default_tokenizer_dir()
+    try:
+        return int(json.loads((folder / "config.json").read_text())["max_position_embeddings"])
+    except (TypeError, OSError, KeyError, ValueError):
+        return 1 << 20
 
 
 @user_errors
@@ -235,8 +260,8 @@ def build_data_tab(data_state: gr.State) -> None:
             mask_phones = gr.Checkbox(label="Mask phone numbers", value=False)
             drop_long = gr.Checkbox(label="Drop rows longer than the max length", value=False,
                                     info="otherwise training truncates them")
-            max_length = gr.Number(value=DEFAULT_MAX_LENGTH, label="Max length (tokens)",
-                                   precision=0, minimum=8)
+            max_length = gr.Number(value=None, label="Max length (tokens)", precision=0,
+                                   minimum=8, info="empty: the cut training will choose (auto)")
         apply_btn = gr.Button("Apply")
     gr.Markdown("### What was understood")
     understood = gr.Markdown()
