@@ -179,11 +179,11 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
     """Summed negative log-likelihood of the answer tokens (prompt tokens not counted), and how
     many answer tokens there were. Rows longer than `max_length` tokens are cut at the end."""
     import torch
+    import torch.nn.functional as F
 
     from finetune import hardware
 
     hardware.use_inference_threads()
-    import torch.nn.functional as F
 
     seqs = []
     for prompt, answer in rows:
@@ -230,10 +230,9 @@ def stream(model, tokenizer, messages: list[Message], max_new_tokens: int = 256,
     Generation stops at the model's end token, at `max_new_tokens`, at the first stop string
     (which is not shown), or when the caller stops iterating (e.g. a Gradio cancel)."""
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     from finetune import hardware
-
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     hardware.use_inference_threads()
 

@@ -136,6 +136,12 @@ def test_long_rows_counted_with_the_choice(tmp_path):
     assert "truncates" in warning and "drop these rows" in warning
     dropped = data.analyze(path, max_length=64, drop_long=True)
     assert dropped.summary["rows"]["long_dropped"] == 1 and dropped.rows == [{"text": "short"}]
+    # A cut chosen from the counted lengths (the Data tab's auto) is used like a given one.
+    seen = []
+    auto = data.analyze(path, choose_cut=lambda lengths: seen.append(lengths) or 64,
+                        drop_long=True)
+    assert seen and auto.summary["tokens"]["max_length"] == 64
+    assert auto.summary["rows"]["long_dropped"] == 1 and auto.rows == [{"text": "short"}]
 
 
 def test_missing_file_and_bad_type(tmp_path):

@@ -8,6 +8,7 @@ Shared by `python -m finetune data inspect` and the Data tab, so both say the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from finetune.data import clean
 from finetune.data.loader import load
@@ -25,8 +26,10 @@ class Analysis:
 
 def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_prompt: str = "",
             max_length: int | None = None, mask_emails: bool = False, mask_phones: bool = False,
-            drop_long: bool = False, counter: TokenCounter | None = None) -> Analysis:
-    """Raises DataError when the source cannot be read at all."""
+            drop_long: bool = False, counter: TokenCounter | None = None,
+            choose_cut: Callable[[list[int]], int] | None = None) -> Analysis:
+    """Raises DataError when the source cannot be read at all. `choose_cut`, when given, picks
+    the max length from the counted lengths (the Train tab's 'auto' cut) instead of max_length."""
     loaded = load(source, fmt, mapping=mapping, system_prompt=system_prompt)
     rows, duplicates = clean.dedupe(loaded.rows)
     masked = None
@@ -34,6 +37,10 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
         rows, masked = clean.mask_rows(rows, emails=mask_emails, phones=mask_phones)
     counter = counter or TokenCounter(None)
     lengths = counter.lengths(rows, max_length)
+    if choose_cut is not None and lengths:
+        max_length = choose_cut(lengths)
+        if counter.estimated_rows and counter.tokenizer is not None:
+            lengths = counter.lengths(rows, max_length)  # count the rows near the cut exactly
     problems = list(loaded.problems)
     tokens = {**length_stats(lengths, max_length), "counted_with": counter.note,
               "exact": counter.exact}

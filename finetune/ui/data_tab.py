@@ -157,17 +157,20 @@ def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_len
         mapping = data.parse_mapping(mapping_text)
         counter = data.TokenCounter(data.default_tokenizer_dir())
 
-        def analyze(limit):
-            return data.analyze(source, fmt, mapping=mapping, max_length=limit,
-                                mask_emails=mask_emails, mask_phones=mask_phones,
-                                drop_long=drop_long, counter=counter)
+        chosen: dict[str, str] = {}
 
-        analysis = analyze(max_length)
+        def auto_cut(lengths: list[int]) -> int:
+            cut, chosen["why"] = resolve.length_cut(lengths, model_context())
+            return cut
+
+        analysis = data.analyze(source, fmt, mapping=mapping, max_length=max_length,
+                                mask_emails=mask_emails, mask_phones=mask_phones,
+                                drop_long=drop_long, counter=counter,
+                                choose_cut=auto_cut if auto else None)
         auto_note = ""
-        if auto and analysis.lengths:
-            max_length, why = resolve.length_cut(analysis.lengths, model_context())
-            analysis = analyze(max_length)  # again, so the counts and the cleaning use the cut
-            auto_note = f"**Max length (auto):** {max_length}: {why}" + (
+        if chosen:
+            max_length = analysis.summary["tokens"]["max_length"]
+            auto_note = f"**Max length (auto):** {max_length}: {chosen['why']}" + (
                 "." if analysis.summary["tokens"].get("exact") else
                 " (estimated counts; the Train tab measures them with the model's tokenizer).")
     except DataError as e:
