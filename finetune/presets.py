@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from finetune.config import DEFAULT_DATA, DEFAULT_MODEL
 from finetune.errors import ConfigError
 
 PRESETS: dict[str, dict] = {
     # Bundled model + bundled contacts sample: one epoch, finishes in minutes on a 2-core CPU.
-    "demo": {"model": "SmolLM2-135M-Instruct", "data": "sample:contacts", "method": "lora"},
+    "demo": {"model": DEFAULT_MODEL, "data": DEFAULT_DATA, "method": "lora"},
     # Least memory: a 4-bit base model with adapters.
     "qlora": {"method": "qlora"},
     # Every weight trained: best for tiny models and large shifts in behaviour, most memory.

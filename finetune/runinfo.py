@@ -23,13 +23,11 @@ from typing import Any
 from finetune import paths
 from finetune.errors import RunError
 
-STATES = ("queued", "starting", "running", "stopping", "completed", "stopped", "failed",
-          "interrupted")
-FINAL = ("completed", "stopped", "failed", "interrupted")
-
-
-def run_path(name_or_path: str | Path) -> Path:
+def run_path(name_or_path: str | Path | None) -> Path:
     """A run given by name (under runs/) or by path; RunError when there is none."""
+    if not name_or_path or not str(name_or_path).strip():
+        raise RunError("No run picked: pick one in the list of runs (train one first if there "
+                       "is none).")
     p = Path(name_or_path)
     for candidate in (p, paths.runs_dir() / str(name_or_path)):
         if (candidate / "config.yaml").is_file():

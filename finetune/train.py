@@ -1,9 +1,10 @@
 """The training process: TRL's SFTTrainer on a run directory, writing metrics and status as it goes.
 
-    python -m finetune train runs/NAME/config.yaml       # what the app runs in a subprocess
+    python -m finetune.train runs/NAME [--resume]     # the worker entry that finetune.jobs spawns
 
-It reads only the run directory (config.yaml is fully resolved), so the same command repeats a
-run. SIGTERM (or Ctrl-C) stops it: the current step ends, a checkpoint and the adapter are saved,
+Its output is the run's train.log. The user-facing commands (`python -m finetune train`,
+`resume --foreground`) call `run()` in the terminal instead. It reads only the run directory
+(config.yaml is fully resolved), so the same config repeats a run. SIGTERM (or Ctrl-C) stops it: the current step ends, a checkpoint and the adapter are saved,
 and status.json says "stopped"; if the step would take too long it is abandoned instead.
 """
 
@@ -46,18 +47,22 @@ class _Stop:
 
 
 def to_trl_rows(rows: list[dict]) -> list[dict]:
-    """Normalized rows -> TRL conversational prompt/completion (loss on the last assistant turn)."""
+    """Normalized rows -> TRL conversational prompt/completion (loss on the answer only)."""
+    from finetune.data import prompt_and_answer
+
     out = []
     for row in rows:
         if "text" in row:
             out.append({"text": row["text"]})
             continue
-        messages = row["messages"]
-        out.append({"prompt": messages[:-1], "completion": messages[-1:]})
+        prompt, answer = prompt_and_answer(row)
+        out.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
     return out
 
 
 def _log(run_dir: Path, tee: bool, message: str) -> None:
+    """One line of the run's log: printed, and with `tee` also appended to train.log (in the
+    worker, stdout is train.log already, so tee is off and each line is written once)."""
     print(message, flush=True)
     if tee:
         with open(run_dir / "train.log", "a", encoding="utf-8") as f:
@@ -308,3 +313,23 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     return runinfo.update_status(run_dir, state="completed", pid=None, finished=time.time(),
                                  step=state.global_step, end_reason=reason, best_step=best,
                                  result=str(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The worker entry: train RUN_DIR (from its latest checkpoint with --resume)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m finetune.train",
+                                description="The training process of one run directory (the "
+                                            "app and `python -m finetune` start it).")
+    p.add_argument("run_dir", help="a run directory holding a resolved config.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    args = p.parse_args(argv)
+    status = run(Path(args.run_dir), resume=args.resume, tee=False)
+    return 0 if status.get("state") in ("completed", "stopped") else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

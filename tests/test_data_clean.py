@@ -83,8 +83,10 @@ def test_prepare_with_files_removes_leaks_and_never_leaves_train_empty(tmp_path)
 
 def test_token_counts_match_the_chat_template(tiny_model):
     rows = data.load("sample:rewrite").rows[:40] + [{"text": "plain words here"}]
+    from finetune import models
+
     counter = data.TokenCounter(tiny_model)
-    tok = data.load_preview_tokenizer(tiny_model)
+    tok = models.load_tokenizer(models.resolve(str(tiny_model)))
     exact = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
              for r in rows[:-1]]
     exact.append(len(tok(rows[-1]["text"], add_special_tokens=False)["input_ids"]) + 1)
@@ -95,10 +97,10 @@ def test_token_counts_match_the_chat_template(tiny_model):
 
 
 def test_large_files_are_sampled_but_exact_near_the_cut(tiny_model, monkeypatch):
-    from finetune.data import stats
+    from finetune.data import tokens
 
-    monkeypatch.setattr(stats, "EXACT_ROWS", 10)
-    monkeypatch.setattr(stats, "SAMPLE_ROWS", 5)
+    monkeypatch.setattr(tokens, "EXACT_ROWS", 10)
+    monkeypatch.setattr(tokens, "SAMPLE_ROWS", 5)
     short = data.load("sample:tickets").rows[:50]
     long = [{"messages": [dict(m, content=m["content"] * 8) for m in r["messages"]]}
             for r in data.load("sample:contacts").rows[:10]]
@@ -127,18 +129,26 @@ def test_histogram_marks_the_cut_off():
 
 
 def test_rendered_example_marks_the_completion(tiny_model):
-    tok = data.load_preview_tokenizer(tiny_model)
+    from finetune import models
+
+    tok = models.load_tokenizer(models.resolve(str(tiny_model)))
+    counter = data.TokenCounter(tiny_model)
     row = {"messages": [{"role": "system", "content": "Be brief."},
                         {"role": "user", "content": "Capital of France?"},
                         {"role": "assistant", "content": "Paris."}]}
-    shown = data.render_example(row, tok)
+    shown = counter.render(row)
     context, loss = shown["spans"]
     assert context[1] is None and context[0].endswith("<|im_start|>assistant\n")
     assert loss == ("Paris.<|im_end|>\n", "loss")
     assert shown["loss_tokens"] == len(tok("Paris.<|im_end|>\n", add_special_tokens=False)["input_ids"])
-    cut = data.render_example(row, tok, max_length=shown["tokens"] - 2)
+    # The same split as the transformers tokenizer makes of the chat template's output.
+    full = tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+    assert shown["tokens"] == len(full)
+    # A transformers tokenizer wrapped in the counter renders the same.
+    assert data.TokenCounter.from_tokenizer(tok).render(row) == shown
+    cut = counter.render(row, max_length=shown["tokens"] - 2)
     assert cut["spans"][-1][1] == "cut" and cut["truncated"] == 2
-    rough = data.render_example(row, None)
+    rough = data.TokenCounter(None).render(row)
     assert rough["spans"][-1] == ("Paris.<|im_end|>\n", "loss") and not rough["exact"]
-    rough_cut = data.render_example(row, None, max_length=10)
+    rough_cut = data.TokenCounter(None).render(row, max_length=10)
     assert rough_cut["spans"][-1][1] == "cut" and rough_cut["truncated"] > 0

@@ -52,11 +52,14 @@ def test_inspect_format_override(capsys, tmp_path):
     assert "format 'alpaca' needs the field(s) instruction, output" in capsys.readouterr().out
 
 
-def test_bench_inspect_small(monkeypatch):
-    from finetune.data import bench
+def test_bench_data_prints_only_its_json(monkeypatch, capsys):
+    from finetune.bench import data as bench_data
+    from finetune.cli import main
 
-    result = bench.bench_inspect(n_rows=300)
-    assert result["rows"] == 300 and result["exit_code"] == 0 and result["seconds"] >= 0
+    monkeypatch.setattr(bench_data, "N_ROWS", 300)
+    assert main(["bench", "data", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["data"]
+    assert result["rows"] == 300 and result["usable"] and result["seconds"] >= 0
     assert result["cpu"]
 
 

@@ -10,16 +10,23 @@ from pathlib import Path
 
 import gradio as gr
 
-from finetune import data
-from finetune.ui import data_tab
+from finetune import data, preview
+from finetune.config import DEFAULT_MODEL
+from finetune.ui import data_tab, train_tab
 
 DEFAULTS = ("auto", "", False, False, False, 512)
 
 
-def show(source, *settings, current=None):
+def show(source, *settings, current=None, model=DEFAULT_MODEL):
     settings = settings or DEFAULTS
     keys = ["understood", "problems", "plot", "table", "rows", "row_no", "rendered", "info", "state"]
-    return dict(zip(keys, data_tab.show(source, *settings, current or {})))
+    return dict(zip(keys, data_tab.show(source, *settings, model, current or {})))
+
+
+def auto_cut(out) -> int:
+    note = [line for line in out["understood"].split("  \n") if line.startswith("**Max length (auto)")]
+    assert note, out["understood"]
+    return int(note[0].split("** ")[1].split(":")[0])
 
 
 def test_default_sample_on_page_load():
@@ -36,21 +43,37 @@ def test_default_sample_on_page_load():
 
 def test_an_empty_max_length_shows_the_cut_training_will_choose():
     out = show("sample:contacts", "auto", "", False, False, False, None)
-    note = [line for line in out["understood"].split("  \n") if line.startswith("**Max length (auto)")]
-    assert note and "covers 100.0% of rows" in note[0] and "0 truncated" in note[0]
-    cut = int(note[0].split("** ")[1].split(":")[0])
+    cut = auto_cut(out)
+    assert "covers 100.0% of rows" in out["understood"] and "0 truncated" in out["understood"]
     assert cut % 8 == 0 and f"0 longer than the max length of {cut}" in out["understood"]
     assert out["rows"]["cut"] == cut
     # The example view cuts where the tab cut, even with the box left empty.
-    spans, info = data_tab.show_example({"rows": out["rows"]["rows"], "cut": 16}, 1, None)
+    spans, info = data_tab.show_example({"rows": out["rows"]["rows"], "cut": 16}, 1, None,
+                                        DEFAULT_MODEL)
     assert "cut off by the max length" in info
+
+
+def test_max_length_is_the_train_tabs_for_its_model_and_travels_to_it(tiny_model):
+    from finetune import config, plan
+
+    # Counted with the tiny model's own tokenizer (another vocabulary: other lengths), the Data
+    # tab's auto cut is the one the planner makes for a run on that model and data.
+    bundled = auto_cut(show("sample:contacts", "auto", "", False, False, False, None))
+    tiny = show("sample:contacts", "auto", "", False, False, False, None, model=str(tiny_model))
+    assert "tiny-llama" in tiny["understood"] and auto_cut(tiny) != bundled
+    planned = plan.plan(config.RunConfig(model=str(tiny_model), data="sample:contacts"))
+    assert planned.config.max_length == auto_cut(tiny)
+    # Left empty, the Train tab keeps 'auto' (the same cut); a typed one is handed over.
+    assert train_tab.from_data_tab(tiny["state"])[3] == "auto"
+    typed = show("sample:contacts", "auto", "", False, False, False, 96, model=str(tiny_model))
+    assert train_tab.from_data_tab(typed["state"]) == ("sample:contacts", "messages", "", "96")
 
 
 def test_upload_is_kept_and_mapping_writes_a_prepared_file(tmp_path, finetune_home):
     upload = tmp_path / "qa.csv"
     upload.write_text("question,answer,email\nWhy?,Because.,a@b.org\nHow?,Like so.,c@d.org\n",
                       encoding="utf-8")
-    saved = data_tab.save_upload(str(upload))
+    saved = preview.keep_upload(str(upload))
     assert Path(saved).parent == finetune_home / "uploads" and Path(saved).read_bytes() == upload.read_bytes()
     out = show(saved, "auto", "prompt=question, completion=answer", True, False, False, 512)
     state = out["state"]
@@ -91,10 +114,9 @@ def test_long_rows_dropped_on_request(tmp_path):
 
 def test_example_view_and_next_step():
     rows = data.load("sample:tickets").rows
-    spans, info = data_tab.show_example({"rows": rows}, 5, 512)
+    spans, info = data_tab.show_example({"rows": rows}, 5, 512, DEFAULT_MODEL)
     assert info.startswith("Row 5 of 360") and spans[-1][1] == data_tab.LOSS
-    assert data_tab.show_example({"rows": []}, 1, 512) == ([], "")
+    assert data_tab.show_example({"rows": []}, 1, 512, DEFAULT_MODEL) == ([], "")
     with gr.Blocks():
-        state = gr.State({})
-        data_tab.build_data_tab(state)
+        data_tab.build_data_tab(gr.State({}), gr.State(DEFAULT_MODEL))
     assert "Train" in data_tab.NEXT

@@ -34,15 +34,19 @@ def test_run_started_from_the_train_tab_writes_metrics_the_live_view_plots(tiny_
 
     names = list(config.FIELDS)
     cfg = _cfg(tiny_model, tiny_data, max_steps=6)
-    run_dir = jobs.prepare_run(cfg)
+    run_dir = jobs.prepare_run(cfg).run_dir
     jobs.start(run_dir)
-    st = _wait(run_dir, lambda s: s.get("state") in runinfo.FINAL)
+    st = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert st["state"] == "completed", runinfo.log_tail(run_dir)
     text, loss, lr, log, active = train_tab.live_view(str(run_dir))
     assert "completed" in text and "step 6 of 6" in text
     assert set(loss["series"]) == {"train", "validation"} and len(loss) >= 6
     assert len(lr) >= 6 and not active
     assert train_tab.config_from_widgets(names, [getattr(cfg, n) for n in names]) == cfg
+    # The worker's output is the log: each line written once.
+    log = (run_dir / "train.log").read_text().splitlines()
+    for start in ("hardware: ", "data: ", "model: ", "training: ", "finished all 6 steps"):
+        assert sum(line.startswith(start) for line in log) == 1, (start, log)
 
 
 def test_a_second_start_while_one_runs_is_refused(tiny_model, tiny_data):
@@ -51,18 +55,23 @@ def test_a_second_start_while_one_runs_is_refused(tiny_model, tiny_data):
     from finetune.errors import RunError
 
     first = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=400, save_steps=400,
-                                  eval_steps=400))
+                                  eval_steps=400)).run_dir
     jobs.start(first)
     _wait(first, lambda s: s.get("state") == "running")
-    second = jobs.prepare_run(_cfg(tiny_model, tiny_data))
+    second = jobs.prepare_run(_cfg(tiny_model, tiny_data)).run_dir
     with pytest.raises(RunError, match="one training at a time"):
         jobs.start(second)
+    # A refused resume leaves the run as it was (not "queued" with nothing to start it).
+    assert jobs.stop(second)["state"] == "stopped"
+    with pytest.raises(RunError, match="one training at a time"):
+        jobs.resume(second)
+    assert jobs.status(second)["state"] == "stopped"
     jobs.stop(first)
 
 
 def test_stop_ends_the_process_tree_in_time_and_saves_the_adapter(tiny_model, tiny_data):
     run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=400, save_steps=400,
-                                    eval_steps=400))
+                                    eval_steps=400)).run_dir
     pid = jobs.start(run_dir)
     _wait(run_dir, lambda s: s.get("state") == "running" and s.get("step", 0) >= 2)
     t0 = time.time()
@@ -80,7 +89,7 @@ def test_stop_ends_the_process_tree_in_time_and_saves_the_adapter(tiny_model, ti
 
 def test_killed_training_shows_as_interrupted_and_resumes_to_the_same_final_step(tiny_model,
                                                                                   tiny_data):
-    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=12))
+    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=12)).run_dir
     pid = jobs.start(run_dir)
     _wait(run_dir, lambda s: runinfo.latest_checkpoint(run_dir) is not None)
     os.kill(pid, signal.SIGKILL)
@@ -89,13 +98,22 @@ def test_killed_training_shows_as_interrupted_and_resumes_to_the_same_final_step
         st["end_reason"]
     assert [r["status"] for r in jobs.runs_table()] == ["interrupted"]
     killed_at = runinfo.latest_checkpoint(run_dir).name
-    status = train.run(run_dir, resume=True)
-    assert status["state"] == "completed" and status["step"] == 12
+    jobs.resume(run_dir)  # in the background, as the Train tab and `finetune resume` do
+    status = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
+    assert status["state"] == "completed" and status["step"] == 12, runinfo.log_tail(run_dir)
     assert f"resuming from {killed_at}" in (run_dir / "train.log").read_text()
 
 
+def test_resume_in_the_foreground_continues_a_stopped_run(tiny_model, tiny_data):
+    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=6, eval_steps=3,
+                                    save_steps=3)).run_dir
+    runinfo.update_status(run_dir, state="stopped")
+    status = train.run(run_dir, resume=True)
+    assert status["state"] == "completed" and status["step"] == 6
+
+
 def test_training_survives_the_app_being_killed_and_is_reattached(tiny_model, tiny_data):
-    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=10))
+    run_dir = jobs.prepare_run(_cfg(tiny_model, tiny_data, max_steps=10)).run_dir
     app = subprocess.Popen([sys.executable, "-c",
                             "import sys, time; from finetune import jobs; from pathlib import Path;"
                             "jobs.start(Path(sys.argv[1])); time.sleep(600)", str(run_dir)],
@@ -105,5 +123,5 @@ def test_training_survives_the_app_being_killed_and_is_reattached(tiny_model, ti
     app.wait()
     # A new app process finds the run by reading the run directory, and it completes.
     assert jobs.active_run() == run_dir
-    st = _wait(run_dir, lambda s: s.get("state") in runinfo.FINAL)
+    st = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert st["state"] == "completed" and st["step"] == 10

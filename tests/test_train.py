@@ -16,7 +16,7 @@ def tiny_config(tiny_model, tiny_data, **kw):
 
 
 def test_full_run_writes_the_run_directory_and_loss_falls(tiny_model, tiny_data):
-    run_dir = jobs.prepare_run(tiny_config(tiny_model, tiny_data))
+    run_dir = jobs.prepare_run(tiny_config(tiny_model, tiny_data)).run_dir
     assert runinfo.read_status(run_dir)["state"] == "queued"
     saved = config.load(run_dir / "config.yaml")
     assert "auto" not in [getattr(saved, n) for n in ("max_length", "precision", "val_fraction")]
@@ -38,7 +38,7 @@ def test_full_run_writes_the_run_directory_and_loss_falls(tiny_model, tiny_data)
 def test_lora_run_saves_an_adapter(tiny_model, tiny_data):
     cfg = tiny_config(tiny_model, tiny_data, method="lora", max_steps=4, eval_steps=2,
                       save_steps=2, lora_r=4)
-    run_dir = jobs.prepare_run(cfg)
+    run_dir = jobs.prepare_run(cfg).run_dir
     status = train.run(run_dir)
     assert status["state"] == "completed", status
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
@@ -49,7 +49,7 @@ def test_early_stopping_keeps_the_best_checkpoint_and_says_why(tiny_model, tiny_
     # A learning rate this high makes training diverge: validation loss gets worse.
     cfg = tiny_config(tiny_model, tiny_data, max_steps=40, eval_steps=2, save_steps=2,
                       learning_rate=1.0, early_stopping=True, early_stopping_patience=2)
-    status = train.run(jobs.prepare_run(cfg))
+    status = train.run(jobs.prepare_run(cfg).run_dir)
     assert status["state"] == "completed"
     assert status["end_reason"].startswith("validation loss flat at step ")
     assert "(2 validations in a row)" in status["end_reason"]
@@ -105,7 +105,7 @@ def test_qlora_loads_a_4bit_base_and_trains(tiny_model, tiny_data):
     assert "Linear4bit" in {type(m).__name__ for m in model.modules()}
     cfg = tiny_config(tiny_model, tiny_data, method="qlora", max_steps=3, eval_steps=3,
                       save_steps=3, lora_r=4)
-    status = train.run(jobs.prepare_run(cfg))
+    status = train.run(jobs.prepare_run(cfg).run_dir)
     assert status["state"] == "completed", status
 
 

@@ -1,4 +1,4 @@
-"""Data: load (files, samples, Hub), detect the format, validate, clean, split, stats, preview.
+"""Data: load (files, samples, Hub), detect the format, validate, clean, split, count tokens, stats.
 
     python -m finetune data inspect my.jsonl [--format F] [--json] [--max-length N]
 
@@ -7,18 +7,19 @@ Rows come out normalized: {"messages": [{"role": "system"|"user"|"assistant", "c
 module level.
 """
 
-from finetune.data.clean import dedupe, drop_long, mask_rows, mask_text
+from finetune.data.clean import dedupe, mask_rows, mask_text
 from finetune.data.formats import parse_mapping
 from finetune.data.loader import load
 from finetune.data.readers import FILE_TYPES, sample_names, sample_path, write_jsonl
-from finetune.data.report import Analysis, analyze, format_text
-from finetune.data.splits import prepare, split
-from finetune.data.stats import (FITS, TRUNCATED, TokenCounter, default_tokenizer_dir, histogram,
-                                 length_stats, load_preview_tokenizer, render_example)
-from finetune.data.types import FORMAT_HELP, FORMATS, MAPPABLE, Loaded, Problem, Splits
+from finetune.data.report import Analysis, analyze, format_text, inspect_summary
+from finetune.data.splits import VAL_SHARE, prepare, split, val_rows
+from finetune.data.stats import FITS, TRUNCATED, histogram, length_stats, percentile
+from finetune.data.tokens import TokenCounter
+from finetune.data.types import (FORMAT_HELP, FORMATS, MAPPABLE, Loaded, Problem, Splits,
+                                 prompt_and_answer)
 
-__all__ = ["FILE_TYPES", "FITS", "FORMAT_HELP", "FORMATS", "MAPPABLE", "TRUNCATED", "Analysis",
-           "Loaded", "Problem", "Splits", "TokenCounter", "analyze", "dedupe",
-           "default_tokenizer_dir", "drop_long", "format_text", "histogram", "length_stats", "load",
-           "load_preview_tokenizer", "mask_rows", "mask_text", "parse_mapping", "prepare",
-           "render_example", "sample_names", "sample_path", "split", "write_jsonl"]
+__all__ = ["FILE_TYPES", "FITS", "FORMAT_HELP", "FORMATS", "MAPPABLE", "TRUNCATED", "VAL_SHARE",
+           "Analysis", "Loaded", "Problem", "Splits", "TokenCounter", "analyze", "dedupe",
+           "format_text", "histogram", "inspect_summary", "length_stats", "load", "mask_rows",
+           "mask_text", "parse_mapping", "percentile", "prepare", "prompt_and_answer",
+           "sample_names", "sample_path", "split", "val_rows", "write_jsonl"]

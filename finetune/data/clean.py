@@ -1,4 +1,5 @@
-"""Cleaning: exact duplicates, optional masking of e-mail addresses and phone numbers, long rows.
+"""Cleaning: exact duplicates, rows also held out, optional masking of e-mail addresses and phone
+numbers (rows longer than the max length are dropped in report.analyze, where lengths are known).
 
 Empty rows are left out while normalizing (see formats.py); their count travels in Loaded.skipped.
 
@@ -85,8 +86,3 @@ def mask_rows(rows: list[dict], emails: bool = True, phones: bool = True) -> tup
         counts["rows"] += changed
         out.append(new)
     return out, counts
-
-
-def drop_long(rows: list[dict], lengths: list[int], max_length: int) -> tuple[list[dict], int]:
-    kept = [r for r, n in zip(rows, lengths) if n <= max_length]
-    return kept, len(rows) - len(kept)

@@ -12,8 +12,11 @@ from typing import Callable
 
 from finetune.data import clean
 from finetune.data.loader import load
-from finetune.data.stats import TokenCounter, length_stats
+from finetune.data.formats import parse_mapping
+from finetune.data.stats import length_stats
+from finetune.data.tokens import TokenCounter
 from finetune.data.types import FORMAT_HELP, Loaded, Problem
+from finetune.errors import DataError
 
 
 @dataclass
@@ -36,11 +39,10 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
     if mask_emails or mask_phones:
         rows, masked = clean.mask_rows(rows, emails=mask_emails, phones=mask_phones)
     counter = counter or TokenCounter(None)
-    lengths = counter.lengths(rows, max_length)
-    if choose_cut is not None and lengths:
-        max_length = choose_cut(lengths)
-        if counter.estimated_rows and counter.tokenizer is not None:
-            lengths = counter.lengths(rows, max_length)  # count the rows near the cut exactly
+    if choose_cut is not None and rows:
+        lengths, max_length = counter.lengths_and_cut(rows, choose_cut)
+    else:
+        lengths = counter.lengths(rows, max_length)
     problems = list(loaded.problems)
     tokens = {**length_stats(lengths, max_length), "counted_with": counter.note,
               "exact": counter.exact}
@@ -85,6 +87,23 @@ def long_rows_message(longer: int, total: int, max_length: int, longest: int) ->
 def error_summary(source: str, message: str) -> dict:
     return {"source": source, "usable": False,
             "problems": [{"level": "error", "message": message}]}
+
+
+def inspect_summary(path: str, fmt: str = "auto", max_length: int | None = None,
+                    column_map: str = "", counter: TokenCounter | None = None) -> dict:
+    """What `data inspect` prints: the summary of analyze(), or the reason nothing could be read.
+    Never downloads: without a `counter`, the default model's tokenizer counts when it is already
+    prepared, and counts are estimated otherwise (the summary says which)."""
+    if counter is None:
+        from finetune import models
+        from finetune.config import DEFAULT_MODEL
+
+        counter = TokenCounter(models.model_files(DEFAULT_MODEL))
+    try:
+        mapping = parse_mapping(column_map) if column_map else None
+        return analyze(path, fmt, mapping=mapping, max_length=max_length, counter=counter).summary
+    except DataError as e:
+        return error_summary(path, str(e))
 
 
 def format_text(summary: dict) -> str:

@@ -14,7 +14,13 @@ from finetune.data.readers import sample_path
 from finetune.data.types import Loaded, Splits
 from finetune.errors import DataError
 
-DEFAULT_VAL_FRACTION = 0.05  # used only when a caller passes "auto" unresolved (resolve.VAL_SHARE)
+VAL_SHARE = 0.05  # rows held out for validation when no validation file is given (4 to 200)
+
+
+def val_rows(n_rows: int) -> int:
+    """Rows held out for validation from n_rows when no validation file is given: few, so
+    checking often stays cheap; none below 20 rows (they are all needed for training)."""
+    return 0 if n_rows < 20 else max(4, min(200, round(VAL_SHARE * n_rows)))
 
 
 def load_usable(source: str, fmt: str, system_prompt: str, role: str,
@@ -60,12 +66,12 @@ def split_rows(rows: list[dict], fractions: list[float], seed: int) -> list[list
     return parts
 
 
-def _fraction(value, default: float) -> float:
+def _fraction(value) -> float:
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
-            return default  # "auto" that nobody resolved
+            return VAL_SHARE  # "auto" that nobody resolved (a hand-written config)
     return float(value)
 
 
@@ -79,7 +85,7 @@ def prepare(cfg, val_fraction: float) -> Splits:
 def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
     """prepare() for data already loaded (the Data tab has it in hand)."""
     rows, duplicates = clean.dedupe(loaded.rows)
-    val_fraction = _fraction(val_fraction, DEFAULT_VAL_FRACTION)
+    val_fraction = _fraction(val_fraction)
     sources = {"train": cfg.data}
     holdouts = []  # fractions to take from the training rows, test first so it is stable
     if cfg.test_data:

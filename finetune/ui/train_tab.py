@@ -1,7 +1,8 @@
 """The Train tab: settings built from the config's metadata, a plan with reasons, a live view.
 
-The tab never holds a handler open for a run: Start spawns `python -m finetune train ...` and a
-gr.Timer polls the run directory until the run ends, so closing the browser loses nothing.
+The tab never holds a handler open for a run: Start spawns the training process
+(`finetune.jobs.launch`) and a gr.Timer polls the run directory until the run ends, so closing the
+browser loses nothing.
 """
 
 from __future__ import annotations
@@ -51,12 +52,25 @@ def cli_command(cfg: config.RunConfig) -> str:
     return " \\\n  ".join(parts)
 
 
-def plan_rows(resolved: config.RunConfig, reasons: dict[str, str]) -> list[list[str]]:
-    rows = []
-    for name, reason in reasons.items():
-        value = getattr(resolved, name, "")
-        rows.append([name.replace("_", " "), str(value), reason])
-    return rows
+def plan_rows(planned) -> list[list[str]]:
+    """[setting, value, why] for each decision of a finetune.plan.Plan."""
+    return [[name.replace("_", " "), str(getattr(planned.config, name, "")), reason]
+            for name, reason in planned.reasons.items()]
+
+
+def show_plan(planned, cfg: config.RunConfig) -> tuple:
+    """The plan table, its YAML and the CLI command; a warning when it will not fit."""
+    if planned.memory_warning:
+        gr.Warning(planned.memory_warning)
+    return plan_rows(planned), planned.config.to_yaml(), cli_command(cfg)
+
+
+def from_data_tab(state: dict | None):
+    """What the Data tab hands over: data, format, test file, and its max length ('auto' unless
+    one was typed there)."""
+    state = state or {}
+    return (state.get("data", config.DEFAULT_DATA), state.get("data_format", "auto"),
+            state.get("test_data", ""), str(state.get("max_length", config.AUTO)))
 
 
 def status_markdown(st: dict, run_name: str) -> str:
@@ -108,7 +122,7 @@ def live_view(run_path: str | None):
             runinfo.log_tail(run_dir), active)
 
 
-def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
+def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State) -> None:
     from finetune import presets
 
     gr.Markdown("Every setting marked **auto** is decided from your data and this machine; "
@@ -138,8 +152,8 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
         start_btn = gr.Button("Start training", variant="primary")
         stop_btn = gr.Button("Stop", variant="stop")
         resume_btn = gr.Button("Resume")
-    plan = gr.Dataframe(headers=["setting", "value", "why"], label="Resolved settings",
-                        interactive=False, wrap=True)
+    plan_df = gr.Dataframe(headers=["setting", "value", "why"], label="Resolved settings",
+                           interactive=False, wrap=True)
     with gr.Accordion("Copy as YAML / CLI command", open=False):
         yaml_box = gr.Code(language="yaml", label="config.yaml")
         cli_box = gr.Code(language="shell", label="the same run from a terminal")
@@ -163,26 +177,19 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
         return [gr.update(value=values[n]) if n in values else gr.update() for n in names]
 
     preset.change(apply_preset, preset, widgets)
-    def from_data_tab(state):
-        state = state or {}
-        return (state.get("data", config.DEFAULT_DATA), state.get("data_format", "auto"),
-                state.get("test_data", ""))
-
-    data_state.change(from_data_tab, data_state,
-                      [by_name["data"], by_name["data_format"], by_name["test_data"]])
+    data_state.change(from_data_tab, data_state, [by_name[n] for n in
+                                                  ("data", "data_format", "test_data", "max_length")])
+    # The Data tab counts tokens with this model's tokenizer and cuts for its context.
+    by_name["model"].change(lambda model: model, by_name["model"], model_state)
 
     @user_errors
     def check(*values):
-        from finetune import jobs
+        from finetune import plan
 
         cfg = config_from_widgets(names, list(values))
-        resolved, reasons = jobs.resolve_config(cfg)
-        warn = reasons.get("memory", "")
-        if warn.startswith("WILL NOT FIT"):
-            gr.Warning(warn)
-        return plan_rows(resolved, reasons), resolved.to_yaml(), cli_command(cfg)
+        return show_plan(plan.plan(cfg), cfg)
 
-    check_btn.click(check, widgets, [plan, yaml_box, cli_box])
+    check_btn.click(check, widgets, [plan_df, yaml_box, cli_box])
 
     def refresh(selected=None):
         from finetune import jobs
@@ -202,19 +209,10 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
 
         cfg = config_from_widgets(names, list(values))
         progress(0.1, desc="Resolving settings (the first run prepares the bundled model)")
-        run_dir = jobs.prepare_run(cfg)
-        resolved = config.load(run_dir / "config.yaml")
-        from finetune import runinfo
+        planned = jobs.launch(cfg)
+        return (*show_plan(planned, cfg), *refresh(str(planned.run_dir)), gr.Timer(active=True))
 
-        reasons = runinfo.read_resolved(run_dir)
-        if reasons.get("memory", "").startswith("WILL NOT FIT"):
-            gr.Warning(reasons["memory"])
-        jobs.start(run_dir)
-        pick, table = refresh(str(run_dir))
-        return (plan_rows(resolved, reasons), resolved.to_yaml(), cli_command(cfg), pick, table,
-                gr.Timer(active=True))
-
-    start_btn.click(start, widgets, [plan, yaml_box, cli_box, run_pick, runs_df, timer])
+    start_btn.click(start, widgets, [plan_df, yaml_box, cli_box, run_pick, runs_df, timer])
 
     def tick(run_path):
         text, loss, lr, log, active = live_view(run_path)
@@ -224,26 +222,20 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State) -> None:
     timer.tick(tick, run_pick, live_outputs)
     run_pick.change(tick, run_pick, live_outputs)
 
-    def run_action(action: str, missing: str):
+    def run_action(action: str):
         """A button that acts on the picked run (stop, resume), then shows it."""
 
         @user_errors
         def handler(run_path):
-            from pathlib import Path
-
             from finetune import jobs, runinfo
 
-            if not run_path:
-                raise gr.Error(missing)
-            getattr(jobs, action)(runinfo.run_path(Path(run_path)))
+            getattr(jobs, action)(runinfo.run_path(run_path))
             return tick(run_path)  # a resumed run is active again, so polling restarts
 
         return handler
 
-    stop_btn.click(run_action("stop", "Pick a run to stop."), run_pick, live_outputs,
-                   api_name="stop_run")
-    resume_btn.click(run_action("resume", "Pick a stopped or interrupted run to resume."),
-                     run_pick, live_outputs, api_name="resume_run")
+    stop_btn.click(run_action("stop"), run_pick, live_outputs, api_name="stop_run")
+    resume_btn.click(run_action("resume"), run_pick, live_outputs, api_name="resume_run")
     refresh_btn.click(refresh, run_pick, [run_pick, runs_df])
     # Reattach on page load: pick the run that is training now (or the newest); its change
     # event starts the polling when that run is still active.

@@ -111,8 +111,3 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
         f"avx512_bf16: {result['avx512_bf16']}, load {result['load_avg_1m']})")
     return result
 
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(bench_chat(), indent=2))

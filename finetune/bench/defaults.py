@@ -35,8 +35,8 @@ def run_one(task: str, setup: str, log=print) -> dict:
 
     cfg = config.RunConfig(data=task, name=f"bench-{setup}-{task.split(':')[-1]}",
                            **SETUPS[setup])
-    run_dir = jobs.prepare_run(cfg)
-    resolved = config.load(run_dir / "config.yaml")
+    planned = jobs.prepare_run(cfg)
+    run_dir, resolved = planned.run_dir, planned.config
     t0 = time.time()
     status = train.run(run_dir, tee=True)
     seconds = time.time() - t0
@@ -67,9 +67,10 @@ def markdown(rows: list[dict], machine: str) -> str:
     return "\n".join(out)
 
 
-def bench_defaults(tasks=None, setups=None) -> dict:
+def bench_defaults(tasks=None, setups=None, log=print) -> dict:
     from finetune import hardware
 
-    rows = [run_one(task, setup) for task in (tasks or TASKS) for setup in (setups or SETUPS)]
+    rows = [run_one(task, setup, log) for task in (tasks or TASKS)
+            for setup in (setups or SETUPS)]
     machine = hardware.detect().describe()
     return {"rows": rows, "machine": machine, "markdown": markdown(rows, machine)}

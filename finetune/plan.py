@@ -1,22 +1,26 @@
-"""Decide every 'auto' setting from the data, the model and the machine, with a reason for each.
+"""The planner: measure the facts (data, model shape, machine) and decide every 'auto' setting,
+with a reason for each.
 
     python -m finetune train --data my.jsonl --dry-run     # print what would be used and why
 
 The resolved config holds only concrete values and is saved in the run directory, so the same
 command on that config.yaml repeats the run exactly. Settings the user gave are kept as given.
+The Data tab's auto max length is `length_cut` here, for the model the Train tab has.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from finetune.config import AUTO, RunConfig
+from finetune.data import percentile, val_rows
+from finetune.errors import ConfigError
 
 TARGET_STEPS = 30  # optimizer steps a small dataset gets at least (repeating it as needed)
 MAX_AUTO_EPOCHS = 10
-LENGTH_SAMPLE = 5000  # rows measured for the length distribution of big datasets
-VAL_SHARE = 0.05  # rows held out for validation when no validation file is given (4 to 200)
+ANSWER_SAMPLE = 5000  # rows whose answers are measured for big datasets
 VALIDATION_COST = 1 / 3  # a validation row costs about a third of a training row (forward only)
 VALIDATION_BUDGET = 0.15  # share of the training time validation may take
 MIN_VALIDATIONS, MAX_VALIDATIONS = 3, 10  # per run, so the best checkpoint can be kept
@@ -28,7 +32,7 @@ class Facts:
     """What the resolvers look at, gathered once (measured, not assumed)."""
 
     n_rows: int  # rows available for training and validation (the test split already removed)
-    lengths: list[int]  # token lengths of (a sample of) those rows
+    lengths: list[int]  # token lengths of those rows (some estimated for big datasets)
     has_val_file: bool
     n_params: int
     hidden: int
@@ -42,49 +46,41 @@ class Facts:
     data_format: str = "messages"  # what finetune.data detected
     answer_lengths: list[int] | None = None  # tokens that carry loss, per measured row
     n_val_file: int = 0  # rows in the validation file, when one was given
+    estimated_rows: int = 0  # rows whose length is estimated from a sample (big datasets)
 
 
-def token_lengths(rows: list[dict], tokenizer) -> list[int]:
-    """Tokens per row exactly as training will see them (chat template applied)."""
-    out = []
-    for row in rows:
-        if "text" in row:
-            out.append(len(tokenizer(row["text"])["input_ids"]) + 1)
-        else:
-            ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)
-            out.append(len(ids["input_ids"]))
-    return out
+@dataclass
+class Plan:
+    """What the planner decided: the concrete config and the reason for each value; `run_dir`
+    once a run directory holds it (jobs.prepare_run)."""
 
+    config: RunConfig
+    reasons: dict[str, str]
+    run_dir: Path | None = None
 
-def answer_lengths(rows: list[dict], tokenizer) -> list[int]:
-    """Tokens that carry the loss per row: the last assistant reply (the whole text for text rows)."""
-    out = []
-    for row in rows:
-        text = row["text"] if "text" in row else row["messages"][-1]["content"]
-        out.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1)
-    return out
-
-
-def _pct(values: list[int], q: float) -> int:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+    @property
+    def memory_warning(self) -> str:
+        """The reason, when the run is not expected to fit in memory; '' when it fits."""
+        why = self.reasons.get("memory", "")
+        return why if why.startswith("WILL NOT FIT") else ""
 
 
 def max_length(f: Facts) -> tuple[int, str]:
-    return length_cut(f.lengths, f.context, f.n_rows)
+    return length_cut(f.lengths, f.context, f.estimated_rows)
 
 
-def length_cut(lengths: list[int], context: int, n_rows: int | None = None) -> tuple[int, str]:
+def length_cut(lengths: list[int], context: int, estimated_rows: int = 0) -> tuple[int, str]:
     """The auto max length for rows of these token lengths (the Data tab shows the same cut)."""
     if not lengths:
         return min(512, context), "no rows measured; a common default"
-    longest, p995 = max(lengths), _pct(lengths, 0.995)
+    longest, p995 = max(lengths), percentile(lengths, 0.995)
     # Cover every row unless a few outliers would stretch every batch: then cut at 99.5%.
     cut = longest if longest <= 1.25 * p995 else p995
     cut = min(context, int(math.ceil(cut / 8) * 8))
     truncated = sum(1 for n in lengths if n > cut)
     share = 100 * (len(lengths) - truncated) / len(lengths)
-    sampled = f" (measured on {len(lengths):,} sampled rows)" if len(lengths) < (n_rows or 0) else ""
+    sampled = (f" ({estimated_rows:,} of {len(lengths):,} rows estimated from a sample)"
+               if estimated_rows else "")
     if cut == context and longest > context:
         return cut, (f"the model's context is {context}: {truncated} of {len(lengths)} rows "
                      f"are longer and will be truncated{sampled}")
@@ -92,9 +88,9 @@ def length_cut(lengths: list[int], context: int, n_rows: int | None = None) -> t
                  f"truncated{sampled}")
 
 
-def val_rows(n_rows: int) -> int:
-    """Rows held out for validation from n_rows when no validation file is given."""
-    return 0 if n_rows < 20 else max(4, min(200, round(VAL_SHARE * n_rows)))
+def auto_val_fraction(n_rows: int) -> float:
+    """The share of n_rows (training + validation) that 'auto' holds out for validation."""
+    return round(val_rows(n_rows) / n_rows, 4) if n_rows else 0.0
 
 
 def val_fraction(f: Facts) -> tuple[float, str]:
@@ -104,8 +100,8 @@ def val_fraction(f: Facts) -> tuple[float, str]:
     if not n_val:
         return 0.0, (f"only {f.n_rows} rows: all kept for training (no validation, so no early "
                      "stopping)")
-    return round(n_val / f.n_rows, 4), (f"{n_val} of {f.n_rows} rows held out to watch the "
-                                        "validation loss (few, so checking it often stays cheap)")
+    return auto_val_fraction(f.n_rows), (f"{n_val} of {f.n_rows} rows held out to watch the "
+                                         "validation loss (few, so checking it often stays cheap)")
 
 
 def effective_batch(n_train: int) -> tuple[int, str]:
@@ -265,3 +261,48 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
         reasons.setdefault(name, "set by you" if getattr(cfg, name) != getattr(
             RunConfig(), name) else "default")
     return out, reasons
+
+
+# --- measuring the facts -------------------------------------------------------------------------
+
+
+def measure(cfg: RunConfig):
+    """(Facts, model source, LoRA parameters per rank): the data's size and token lengths as
+    training will see them, the model's shape from its config, the machine's measured speed."""
+    import random
+
+    from finetune import hardware, models
+    from finetune.data import TokenCounter, prepare
+
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source)  # also refuses a model without a chat template
+    counter = TokenCounter.from_tokenizer(tokenizer, source.name)
+    shape = models.model_shape(source)
+    splits = prepare(cfg, 0.0)  # training + validation rows: the test split is already out
+    rows = splits.train
+    lengths, _ = counter.lengths_and_cut(rows, lambda ns: length_cut(ns, shape["context"])[0])
+    sample = rows if len(rows) <= ANSWER_SAMPLE else \
+        random.Random(cfg.seed).sample(rows, ANSWER_SAMPLE)
+    hw = hardware.detect()
+    precision, why = hardware.choose_precision(hw, hardware.probe())
+    facts = Facts(n_rows=len(rows), lengths=lengths, has_val_file=bool(cfg.val_data),
+                  n_val_file=len(splits.val), answer_lengths=counter.answer_lengths(sample),
+                  data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
+                  precision=precision, precision_reason=why, device=hw.device,
+                  memory_gb=hw.memory_gb,
+                  **{k: v for k, v in shape.items() if k != "lora_per_rank"})
+    return facts, source, shape["lora_per_rank"]
+
+
+def plan(cfg: RunConfig) -> Plan:
+    """Every 'auto' setting of a validated config made concrete, with the reason for each."""
+    from finetune import hardware
+
+    cfg.validate()
+    if cfg.precision == "fp16" and hardware.detect().device == "cpu":
+        raise ConfigError("precision fp16 needs a GPU (CPUs run it at ~2 GFLOP/s, and training "
+                          "refuses it there): use 'auto', 'fp32' or 'bf16' on this machine.")
+    facts, source, lora_per_rank = measure(cfg)
+    resolved, reasons = resolve(cfg, facts, lora_per_rank)
+    reasons["model"] = source.describe()
+    return Plan(resolved, reasons)

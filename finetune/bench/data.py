@@ -5,18 +5,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
 import orjson
-
-from finetune.data.inspect import run_inspect
 
 N_ROWS = 100_000
 _WORDS = ("please order invoice shipping refund account password delivery late broken screen "
@@ -35,29 +30,23 @@ def make_rows(n: int, seed: int = 0):
                             {"role": "assistant", "content": answer}]}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def bench_inspect(n_rows: int | None = None) -> dict:
+    """Write n_rows of chat JSONL to a temp dir and time what `data inspect` does on it: the
+    summary and its text."""
+    from finetune import data, hardware
 
+    n_rows = n_rows or N_ROWS
 
-def bench_inspect(n_rows: int = N_ROWS) -> dict:
-    """Write n_rows of chat JSONL to a temp dir and time run_inspect on it (output discarded)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.jsonl"
         with path.open("wb") as f:
             for row in make_rows(n_rows):
                 f.write(orjson.dumps(row) + b"\n")
         start, cpu_start = time.perf_counter(), time.process_time()
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = run_inspect(str(path), max_length=512)
+        summary = data.inspect_summary(str(path), max_length=512)
+        data.format_text(summary)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     # CPU seconds and the load average tell a slow run on a busy machine from a slow program.
     return {"rows": n_rows, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
-            "exit_code": code, "cpu": cpu_model(),
-            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "usable": summary["usable"], "cpu": hardware.cpu_model(), "cores": hardware.threads(),
             "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}

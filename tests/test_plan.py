@@ -2,7 +2,7 @@
 
 import random
 
-from finetune import config, hardware, resolve
+from finetune import config, hardware, plan
 
 SMOL = dict(n_params=134_515_008, hidden=576, layers=30, vocab=49152, context=8192)
 
@@ -10,14 +10,16 @@ SMOL = dict(n_params=134_515_008, hidden=576, layers=30, vocab=49152, context=81
 def facts(n_rows, lengths=None, memory_gb=23.0, precision=("fp32", "probe"), device="cpu",
           has_val_file=False, **shape):
     rng = random.Random(0)
-    lengths = lengths if lengths is not None else [rng.randint(60, 110) for _ in range(min(n_rows, 5000))]
-    return resolve.Facts(n_rows=n_rows, lengths=lengths, has_val_file=has_val_file,
-                         device=device, memory_gb=memory_gb, precision=precision[0],
-                         precision_reason=precision[1], **{**SMOL, **shape})
+    lengths = lengths if lengths is not None else [rng.randint(60, 110) for _ in range(n_rows)]
+    # Big datasets: the counter tokenizes a sample and estimates the other rows' lengths.
+    estimated = max(0, len(lengths) - 4000) if len(lengths) > 4000 else 0
+    return plan.Facts(n_rows=n_rows, lengths=lengths, has_val_file=has_val_file,
+                      device=device, memory_gb=memory_gb, precision=precision[0],
+                      precision_reason=precision[1], estimated_rows=estimated, **{**SMOL, **shape})
 
 
 def run(cfg=None, **kw):
-    return resolve.resolve(cfg or config.RunConfig(), facts(**kw), lora_params_per_rank=60_000)
+    return plan.resolve(cfg or config.RunConfig(), facts(**kw), lora_params_per_rank=60_000)
 
 
 def test_every_auto_setting_gets_a_concrete_value_and_a_reason():
@@ -72,7 +74,7 @@ def test_fifty_thousand_rows():
     assert round(resolved.val_fraction * 50_000) == 200  # capped: validation stays cheap
     assert resolved.max_steps == 3113
     assert resolved.eval_steps == 312
-    assert "sampled rows" in reasons["max_length"]  # 5,000 of 50,000 measured
+    assert "46,000 of 50,000 rows estimated from a sample" in reasons["max_length"]
 
 
 def test_rows_longer_than_the_model_context_are_cut_at_the_context():

@@ -1,0 +1,73 @@
+"""Speed on this machine, measured (never assumed), with the CPU/GPU named beside every figure.
+
+    python -m finetune bench                 # hardware, data, chat, train
+    python -m finetune bench train --json    # LoRA training tokens/s on the bundled model
+    python -m finetune bench chat            # time to first token, decode tokens/s
+    python -m finetune bench data            # `data inspect` on 100,000 rows
+    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~2 h)
+
+Each benchmark is a function returning a JSON-ready dict; the CLI prints them. Progress lines go
+to stderr, so `--json` output is the results alone.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from finetune.errors import ConfigError
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def bench_hardware() -> dict:
+    from finetune import hardware
+
+    return hardware.summary()
+
+
+def bench_train() -> dict:
+    from finetune.bench.train import bench_train as run
+
+    return run()
+
+
+def bench_chat() -> dict:
+    from finetune.bench.chat import bench_chat as run
+
+    return run(log=log)
+
+
+def bench_data() -> dict:
+    from finetune.bench.data import bench_inspect
+
+    return bench_inspect()
+
+
+def bench_defaults() -> dict:
+    from finetune.bench.defaults import bench_defaults as run
+
+    return run(log=log)
+
+
+BENCHES = {"hardware": bench_hardware, "data": bench_data, "chat": bench_chat,
+           "train": bench_train, "defaults": bench_defaults}
+QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about two hours
+
+
+def check_names(what: list[str]) -> list[str]:
+    """The benchmarks to run (QUICK when none are named); ConfigError for unknown names."""
+    unknown = [w for w in what if w not in BENCHES]
+    if unknown:
+        raise ConfigError(f"Unknown benchmark(s) {', '.join(unknown)}: choose from "
+                          f"{', '.join(BENCHES)}.")
+    return list(what) or QUICK
+
+
+def run_one(name: str) -> dict:
+    return BENCHES[name]()
+
+
+def run_all(names: list[str]) -> dict:
+    return {name: run_one(name) for name in names}

@@ -1,0 +1,101 @@
+"""What the Data tab shows for one source, decided where training decides it: the rows after
+cleaning, their token lengths counted with the tokenizer of the model the Train tab has, the max
+length the planner's 'auto' will choose for that model, the split the run will use, and what the
+Train tab gets.
+
+    python app.py        # the Data tab calls data_view() for every source it shows
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetune import data, models, paths, plan
+from finetune.config import DEFAULT_MODEL, RunConfig
+
+
+@dataclass
+class DataView:
+    analysis: data.Analysis  # rows after cleaning, their lengths, the summary for people
+    counter: data.TokenCounter  # renders one row as the model sees it
+    max_length: int | None  # the cut shown: the user's, or the planner's auto cut
+    cut_reason: str  # why the auto cut; '' when the user set the max length
+    split_report: dict | None  # train/validation/test counts as the run will split them
+    train_source: dict | None  # what the Train tab gets: data, data_format[, test_data, max_length]
+
+
+def data_view(source: str, fmt: str = "auto", mapping_text: str = "", mask_emails: bool = False,
+              mask_phones: bool = False, drop_long: bool = False, max_length: int | None = None,
+              model: str = DEFAULT_MODEL) -> DataView:
+    """Everything the Data tab shows for `source`; DataError when it cannot be read at all."""
+    files = models.model_files(model or DEFAULT_MODEL)
+    counter = data.TokenCounter(files)
+    context = models.context_length(files)
+    chosen: dict[str, str] = {}
+
+    def auto_cut(lengths: list[int]) -> int:
+        cut, chosen["why"] = plan.length_cut(lengths, context, counter.estimated_rows)
+        return cut
+
+    mapping = data.parse_mapping(mapping_text) if mapping_text else None
+    analysis = data.analyze(source, fmt, mapping=mapping, max_length=max_length,
+                            mask_emails=mask_emails, mask_phones=mask_phones,
+                            drop_long=drop_long, counter=counter,
+                            choose_cut=None if max_length else auto_cut)
+    summary = analysis.summary
+    shown_cut = summary["tokens"].get("max_length", max_length)
+    train_source = report = None
+    if summary["usable"]:
+        changed = bool((summary["masked"] or {}).get("rows") or summary["rows"]["long_dropped"])
+        train_source = training_source(source, analysis, bool(mapping), changed)
+        if max_length:
+            train_source["max_length"] = int(max_length)
+        report = split_report(analysis, train_source)
+    return DataView(analysis, counter, shown_cut, chosen.get("why", ""), report, train_source)
+
+
+def training_source(source: str, analysis: data.Analysis, mapped: bool, changed: bool) -> dict:
+    """What the Train tab gets: the source itself when training can read it as it is, otherwise
+    the rows shown here written to $FINETUNE_HOME/uploads/NAME-prepared.jsonl."""
+    if not (mapped or changed):
+        return {"data": source, "data_format": analysis.summary["format"]}
+    stem = re.sub(r"[^\w.-]+", "_", Path(source.removeprefix("sample:")).stem or "data")
+    path = data.write_jsonl(analysis.rows, uploads_dir() / f"{stem}-prepared.jsonl")
+    normalized = "text" if analysis.rows and "text" in analysis.rows[0] else "messages"
+    state = {"data": str(path), "data_format": normalized}
+    if source.startswith("sample:"):
+        state["test_data"] = str(data.sample_path(source, "test"))
+    return state
+
+
+def split_report(analysis: data.Analysis, train_source: dict) -> dict:
+    """The split a run on this data will make: the test split first, then the validation share
+    'auto' gives the rows that are left."""
+    cfg = RunConfig(data=train_source["data"], data_format=train_source["data_format"],
+                    test_data=train_source.get("test_data", ""))
+    cleaned = dataclasses.replace(analysis.loaded, rows=analysis.rows, problems=[])
+    n_rows = len(data.split(cleaned, cfg, 0.0).train)  # training + validation rows
+    return data.split(cleaned, cfg, plan.auto_val_fraction(n_rows)).report
+
+
+def uploads_dir() -> Path:
+    return paths.home() / "uploads"
+
+
+def keep_upload(temp_path: str) -> str:
+    """Copy an upload (a temp file that goes away) to $FINETUNE_HOME/uploads/; the same content
+    uploaded twice is kept once."""
+    src = Path(temp_path)
+    target_dir = uploads_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / src.name
+    n = 1
+    while target.exists() and target.read_bytes() != src.read_bytes():
+        target = target_dir / f"{src.stem}-{n}{src.suffix}"
+        n += 1
+    shutil.copyfile(src, target)
+    return str(target)
