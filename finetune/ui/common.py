@@ -1,14 +1,18 @@
-"""Small helpers shared by the tabs: run choices and turning library errors into gr.Error."""
+"""Shared by the tabs: the run pickers, and turning library errors into gr.Error.
+
+    python app.py      # the tabs that use these
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 
 from finetune.errors import FinetuneError
 
 
 def run_choices() -> list[tuple[str, str]]:
-    """(label, path) for every run, newest first."""
+    """(label, path) for every run, newest first (the Train tab)."""
     from finetune import jobs, runinfo
 
     out = []
@@ -18,13 +22,55 @@ def run_choices() -> list[tuple[str, str]]:
     return out
 
 
+def evaluate_choices() -> list[tuple[str, str]]:
+    """(label, path) of runs with trained weights, newest first; the label says if evaluated
+    (the Evaluate tab)."""
+    from finetune import chat
+
+    return [(f"{run.name}{' · evaluated' if (run / 'eval.json').is_file() else ''}", str(run))
+            for run in chat.finished_runs()]
+
+
+def chat_choices() -> list[tuple[str, str]]:
+    """(label, value): finished runs newest first, then the bundled model as it is (the Chat
+    tab)."""
+    from finetune import chat, models, runinfo
+
+    out = [(f"{run.name} ({runinfo.read_status(run).get('state', '?')})", str(run))
+           for run in chat.finished_runs()]
+    out.append((f"{models.BUNDLED_NAME} (bundled, not fine-tuned)",
+                chat.MODEL_PREFIX + models.BUNDLED_NAME))
+    return out
+
+
+def picker(choices: list[tuple[str, str]], current: str | None):
+    """A dropdown update offering `choices`, keeping `current` when it is still offered."""
+    import gradio as gr
+
+    values = [v for _, v in choices]
+    return gr.Dropdown(choices=choices, value=current if current in values else
+                       (values[0] if values else None))
+
+
 def user_errors(fn):
-    """Show FinetuneError messages to the user as gr.Error; the app keeps running."""
+    """Show FinetuneError messages to the user as gr.Error; the app keeps running.
+
+    Works on generator handlers too (streaming), which must stay generator functions for
+    Gradio to stream them."""
+    import gradio as gr
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except FinetuneError as e:
+                raise gr.Error(str(e), duration=None) from None
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import gradio as gr
-
         try:
             return fn(*args, **kwargs)
         except FinetuneError as e:
