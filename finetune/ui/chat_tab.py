@@ -16,7 +16,7 @@ import gradio as gr
 from finetune import chat
 from finetune.config import GENERATION_FIELDS, GenerationSettings
 from finetune.models import BUNDLED_NAME
-from finetune.ui.common import chat_choices, picker, user_errors
+from finetune.ui.common import BUNDLED_CHOICE, chat_choices, picker, user_errors
 
 MODES = [("Tuned", chat.TUNED), ("Base", chat.BASE), ("Side by side", chat.BOTH)]
 NO_RUN_HINT = ("No finished run yet: train one in the **Train** tab. Meanwhile you can chat with "
@@ -93,7 +93,8 @@ def build_chat_tab() -> None:
                 "model (left) and the tuned one (right), so you can see what training changed.")
     hint = gr.Markdown("")
     with gr.Row():
-        target = gr.Dropdown(choices=[], value=None, label="Run or model", scale=4,
+        target = gr.Dropdown(choices=[BUNDLED_CHOICE], value=BUNDLED_CHOICE[1],
+                             label="Run or model", scale=4,
                              info="Finished runs, newest first.")
         refresh = gr.Button("↻ Refresh", scale=0, min_width=100)
         mode = gr.Radio(MODES, value=chat.TUNED, label="Answer with", scale=3,

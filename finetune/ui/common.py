@@ -8,7 +8,12 @@ from __future__ import annotations
 import functools
 import inspect
 
+from finetune import chat
 from finetune.errors import FinetuneError
+from finetune.models import BUNDLED_NAME
+
+# The Chat tab offers it before any run is read (and to API callers that never load the page).
+BUNDLED_CHOICE = (f"{BUNDLED_NAME} (bundled, not fine-tuned)", chat.MODEL_PREFIX + BUNDLED_NAME)
 
 
 def run_choices() -> list[tuple[str, str]]:
@@ -25,8 +30,6 @@ def run_choices() -> list[tuple[str, str]]:
 def evaluate_choices() -> list[tuple[str, str]]:
     """(label, path) of runs with trained weights, newest first; the label says if evaluated
     (the Evaluate tab)."""
-    from finetune import chat
-
     return [(f"{run.name}{' · evaluated' if (run / 'eval.json').is_file() else ''}", str(run))
             for run in chat.finished_runs()]
 
@@ -34,13 +37,10 @@ def evaluate_choices() -> list[tuple[str, str]]:
 def chat_choices() -> list[tuple[str, str]]:
     """(label, value): finished runs newest first, then the bundled model as it is (the Chat
     tab)."""
-    from finetune import chat, models, runinfo
+    from finetune import runinfo
 
-    out = [(f"{run.name} ({runinfo.read_status(run).get('state', '?')})", str(run))
-           for run in chat.finished_runs()]
-    out.append((f"{models.BUNDLED_NAME} (bundled, not fine-tuned)",
-                chat.MODEL_PREFIX + models.BUNDLED_NAME))
-    return out
+    return [(f"{run.name} ({runinfo.read_status(run).get('state', '?')})", str(run))
+            for run in chat.finished_runs()] + [BUNDLED_CHOICE]
 
 
 def picker(choices: list[tuple[str, str]], current: str | None):
