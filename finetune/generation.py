@@ -4,10 +4,10 @@
     python -m finetune eval runs/NAME                  # `generate_batch` and `completion_nll`
 
 Shared by `finetune.evaluate` (batches), `finetune.chat` (streaming) and `finetune.bench_chat`.
-The callers set the CPU thread count once per answer or evaluation
-(`hardware.use_inference_threads`), so nothing here looks at runs.
 Tokenization follows TRL: the template renders text, which is tokenized without extra special
-tokens, so evaluation sees exactly the token sequences training saw.
+tokens, so evaluation sees exactly the token sequences training saw. The callers set the CPU
+thread count once per answer or evaluation (`hardware.use_inference_threads`), so nothing here
+looks at runs.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def generation_config(model, tokenizer, settings: GenerationSettings):
     import copy
 
     cfg = copy.deepcopy(model.generation_config)
-    cfg.max_new_tokens = int(settings.max_new_tokens)
+    cfg.max_new_tokens = settings.max_new_tokens
     cfg.max_length = None
     cfg.min_new_tokens = None
     cfg.eos_token_id = stop_token_ids(model, tokenizer)

@@ -16,7 +16,8 @@ import gradio as gr
 from finetune import chat
 from finetune.config import GENERATION_FIELDS, GenerationSettings
 from finetune.models import BUNDLED_NAME
-from finetune.ui.common import BUNDLED_CHOICE, chat_choices, picker, user_errors
+from finetune.ui.common import (BUNDLED_CHOICE, chat_choices, picker, refresh_triggers,
+                                user_errors)
 
 MODES = [("Tuned", chat.TUNED), ("Base", chat.BASE), ("Side by side", chat.BOTH)]
 NO_RUN_HINT = ("No finished run yet: train one in the **Train** tab. Meanwhile you can chat with "
@@ -84,11 +85,6 @@ def generation_widgets() -> list[gr.components.Component]:
 
 
 def build_chat_tab() -> None:
-    from gradio.context import Context
-
-    # The Blocks and the gr.Tab app.py opened around us: the run list is read on page load and
-    # when the tab is selected, never while the app is built.
-    demo, tab = Context.root_block, Context.block
     gr.Markdown("Talk to your fine-tuned model. **Side by side** sends each message to the base "
                 "model (left) and the tuned one (right), so you can see what training changed.")
     hint = gr.Markdown("")
@@ -127,5 +123,4 @@ def build_chat_tab() -> None:
     clear.click(clear_chat, None, outputs, cancels=[ev1, ev2])
     mode.change(on_mode, mode, [single, pair])
     target.change(on_target_change, target, system)  # also when a refresh picks the first run
-    triggers = [refresh.click] + ([tab.select] if isinstance(tab, gr.Tab) else [])
-    gr.on(triggers + [demo.load], refresh_targets, target, [target, hint])
+    gr.on(refresh_triggers(refresh), refresh_targets, target, [target, hint])

@@ -52,6 +52,19 @@ def picker(choices: list[tuple[str, str]], current: str | None):
                        (values[0] if values else None))
 
 
+def refresh_triggers(button) -> list:
+    """When a tab reads its run list: on page load, when the tab is selected and on its refresh
+    `button`, never while the app is built. Call it inside the tab, outside any row."""
+    import gradio as gr
+    from gradio.context import Context
+
+    triggers = [Context.root_block.load, button.click]
+    tab = Context.block  # the gr.Tab app.py opened around the tab's build function
+    if isinstance(tab, gr.Tab):
+        triggers.append(tab.select)
+    return triggers
+
+
 def user_errors(fn):
     """Show FinetuneError messages to the user as gr.Error; the app keeps running.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gradio as gr
 
 from finetune import evaluate
-from finetune.ui.common import evaluate_choices, picker, user_errors
+from finetune.ui.common import evaluate_choices, picker, refresh_triggers, user_errors
 
 OWN_SPLIT, A_FILE = "The run's test split", "A file"
 METRIC_HEADERS = ["metric", "base", "tuned", "change"]
@@ -71,11 +71,6 @@ def show_upload(source: str):
 
 
 def build_evaluate_tab() -> None:
-    from gradio.context import Context
-
-    # The Blocks and the gr.Tab app.py opened around us: runs and their eval.json are read on
-    # page load and when the tab is selected, never while the app is built.
-    demo, tab = Context.root_block, Context.block
     gr.Markdown("Does the tuned model do better than the model it started from? Both answer the "
                 "same held-out rows; **exact match** counts answers equal to the reference (JSON "
                 "compared as values), **loss** is scored on the answer tokens (lower is better).")
@@ -111,5 +106,5 @@ def build_evaluate_tab() -> None:
     which.change(filter_examples, [run, which], examples_df)
     go.click(run_evaluation, [run, source, upload, limit, which], views + [run],
              concurrency_limit=1)
-    triggers = [refresh.click] + ([tab.select] if isinstance(tab, gr.Tab) else [])
-    gr.on(triggers + [demo.load], refresh_runs, run, run).then(show_saved, [run, which], views)
+    # runs and their eval.json are read when the page loads, not while the app is built
+    gr.on(refresh_triggers(refresh), refresh_runs, run, run).then(show_saved, [run, which], views)
