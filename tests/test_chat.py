@@ -29,7 +29,7 @@ def cold_cache(monkeypatch):
 
 def widget_values(**changes) -> list:
     """The Chat tab's generation widget values, in field order: the defaults with `changes`."""
-    from finetune.config import GENERATION_FIELDS, GenerationSettings
+    from finetune.config import GENERATION_FIELDS
 
     values = GenerationSettings(**changes).to_dict()
     values["stop"] = "\n".join(values["stop"])
