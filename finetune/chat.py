@@ -14,9 +14,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
+from finetune.config import GenerationSettings
 from finetune.errors import RunError
+
+MODEL_PREFIX = "model:"  # a picked choice that names a model, so no run is mistaken for it
+TUNED, BASE, BOTH = "tuned", "base", "both"  # what answers: a run's tuned model, its base, both
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,22 @@ def finished_runs() -> list[Path]:
     return [r for r in runinfo.list_runs() if runinfo.result_dir(r) is not None]
 
 
+def targets(choice: str | None, mode: str = TUNED) -> tuple[Target, ...]:
+    """What answers for a picked run or model (`MODEL_PREFIX` + a model name) in a mode: one
+    target, or (base, tuned) for BOTH."""
+    if not choice:
+        raise RunError("Pick a run or a model first (train a run in the Train tab if there is "
+                       "none).")
+    if choice.startswith(MODEL_PREFIX):
+        if mode == BOTH:
+            raise RunError("Side by side compares a run's base and tuned models: pick a run in "
+                           "the list (train one in the Train tab if there is none).")
+        return (resolve_target(choice[len(MODEL_PREFIX):]),)
+    if mode == BOTH:
+        return resolve_target(choice, base=True), resolve_target(choice)
+    return (resolve_target(choice, base=(mode == BASE)),)
+
+
 def suggested_system(run_dir: str | Path) -> str:
     """The system prompt the run trained with: its `system_prompt`, else the one most common in
     its first training rows (local files and samples only; '' when there is none)."""
@@ -159,37 +179,75 @@ def suggested_system(run_dir: str | Path) -> str:
     return found.most_common(1)[0][0] if found else ""
 
 
-def parse_stops(text: str | Sequence[str] | None) -> list[str]:
-    """Stop strings from a textbox (one per line; '\\n' written out means a newline)."""
-    if not text:
-        return []
-    items = text.splitlines() if isinstance(text, str) else list(text)
-    return [s.replace("\\n", "\n") for s in items if s.strip()]
+def system_for(choice: str | None) -> str | None:
+    """The system prompt to suggest for a picked run (the model answers best with the one it
+    trained with); None for a model or a run that cannot be read, so the current one stays."""
+    from finetune.errors import FinetuneError
+
+    if not choice or choice.startswith(MODEL_PREFIX):
+        return None
+    try:
+        return suggested_system(choice)
+    except FinetuneError:
+        return None
 
 
 def stream_reply(target: Target, history: Iterable[Any], system: str = "",
-                 max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: Sequence[str] = (), cache: ModelCache = CACHE, log=print) -> Iterator[str]:
+                 settings: GenerationSettings | None = None, cache: ModelCache = CACHE,
+                 log=print) -> Iterator[str]:
     """Pieces of the next assistant message after `history` (dicts as Gradio 6 sends them:
     content may be a list of blocks)."""
-    from finetune import generation
+    from finetune import generation, hardware, jobs
 
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1")
+    settings = (settings or GenerationSettings()).validate()
     messages = generation.to_messages(history, system)
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("the history must end with the user's message")
     model, tokenizer = cache.get(target, log=log)
-    yield from generation.stream(model, tokenizer, messages, max_new_tokens=int(max_new_tokens),
-                                 temperature=float(temperature), top_p=float(top_p), stop=stop)
+    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
+    yield from generation.stream(model, tokenizer, messages, settings)
 
 
-def answer_once(target: str | Path, prompt: str, system: str = "", max_new_tokens: int = 256,
-                temperature: float = 0.0, top_p: float = 1.0, base: bool = False) -> Iterator[str]:
+def chat_turn(target: Target, history: Iterable[Any] | None, message: str, system: str = "",
+              settings: GenerationSettings | None = None, cache: ModelCache = CACHE,
+              log=print) -> Iterator[list[dict]]:
+    """What a chat window shows after `message` is sent: the history as plain text messages
+    with the message (first), then with the answer as it grows."""
+    from finetune.generation import to_messages
+
+    history = [m for m in to_messages(history or []) if m["role"] in ("user", "assistant")]
+    history.append({"role": "user", "content": message})
+    yield history
+    text = ""
+    for piece in stream_reply(target, history, system, settings, cache, log):
+        text += piece
+        yield history + [{"role": "assistant", "content": text}]
+    if not text.strip():
+        yield history + [{"role": "assistant", "content": text + "(empty answer)"}]
+
+
+def side_by_side(choice: str | None, left: Iterable[Any] | None, right: Iterable[Any] | None,
+                 message: str, system: str = "", settings: GenerationSettings | None = None,
+                 cache: ModelCache = CACHE, log=print) -> Iterator[tuple[list[dict], list[dict]]]:
+    """Both windows after `message` is sent to a run's base (left) and tuned (right) model.
+
+    The two answer one after the other: on a CPU two at once would each run at half speed."""
+    base, tuned = targets(choice, BOTH)
+    lefts = chat_turn(base, left, message, system, settings, cache, log)
+    rights = chat_turn(tuned, right, message, system, settings, cache, log)
+    shown_left, shown_right = next(lefts), next(rights)  # the message shows in both at once
+    yield shown_left, shown_right
+    for shown_left in lefts:
+        yield shown_left, shown_right
+    for shown_right in rights:
+        yield shown_left, shown_right
+
+
+def answer_once(target: str | Path, prompt: str, system: str = "",
+                settings: GenerationSettings | None = None, base: bool = False) -> Iterator[str]:
     """Pieces of one answer to `prompt` (for the CLI)."""
     import sys
 
     resolved = resolve_target(target, base=base)
-    yield from stream_reply(resolved, [{"role": "user", "content": prompt}], system=system,
-                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+    yield from stream_reply(resolved, [{"role": "user", "content": prompt}], system, settings,
                             log=lambda *a: print(*a, file=sys.stderr))

@@ -52,10 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("target", help="run directory/name, or a model (bundled name, directory, Hub id)")
     c.add_argument("--prompt", required=True)
     c.add_argument("--system", default="", help="system prompt")
-    c.add_argument("--max-new-tokens", type=int, default=256)
-    c.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--base", action="store_true", help="answer with the run's base model instead")
+    _add_generation_flags(c)
 
     d = sub.add_parser("data", help="inspect data before training")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -138,12 +136,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    from finetune.config import GENERATION_FIELDS, GenerationSettings
+
+    g = p.add_argument_group("generation settings")
+    defaults = GenerationSettings()
+    for name, f in GENERATION_FIELDS.items():
+        meta = f.metadata
+        many = meta["type"] is list  # --stop A --stop B
+        limits = "" if many else f" From {meta['min']} to {meta['max']}."
+        g.add_argument("--" + name.replace("_", "-"), dest="gen_" + name, default=None,
+                       action="append" if many else "store", metavar=name.upper(),
+                       help=f"{meta['help']}{limits}{' Repeatable.' if many else ''} Default: "
+                            f"{getattr(defaults, name)!r}.".replace("%", "%%"))
+
+
 def cmd_chat(args) -> int:
     from finetune import chat
+    from finetune.config import GENERATION_FIELDS, GenerationSettings
 
-    for piece in chat.answer_once(args.target, args.prompt, system=args.system,
-                                  max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, top_p=args.top_p, base=args.base):
+    given = {n: getattr(args, "gen_" + n) for n in GENERATION_FIELDS
+             if getattr(args, "gen_" + n) is not None}
+    settings = GenerationSettings.from_dict(given, source="command line")
+    for piece in chat.answer_once(args.target, args.prompt, args.system, settings, base=args.base):
         print(piece, end="", flush=True)
     print()
     return 0

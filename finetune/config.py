@@ -241,3 +241,114 @@ def groups() -> dict[str, list[str]]:
     for name, f in FIELDS.items():
         out.setdefault(f.metadata["group"], []).append(name)
     return out
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+
+def _g(default, label, help, **meta):
+    return field(default=default, metadata={"label": label, "help": help, **meta})
+
+
+@dataclass
+class GenerationSettings:
+    """How an answer is generated: the chat command's flags, the Chat tab's generation widgets,
+    and evaluation (which keeps the greedy defaults and sets its own max_new_tokens).
+
+        python -m finetune chat --help      # every field below, as a flag
+    """
+
+    max_new_tokens: int = _g(256, "Max new tokens", "The answer stops here at the latest.",
+                             type=int, min=1, max=2048, step=1)
+    temperature: float = _g(0.0, "Temperature", "0: always the most likely next word (greedy, "
+                            "repeatable). Higher: more varied.", type=float, min=0.0, max=2.0,
+                            step=0.05)
+    top_p: float = _g(1.0, "Top-p", "With temperature > 0: sample only from the most likely words "
+                      "that make up this share.", type=float, min=0.05, max=1.0, step=0.05)
+    repetition_penalty: float = _g(1.0, "Repetition penalty", "Above 1: words already in the "
+                                   "prompt or answer become less likely (against loops); 1: off.",
+                                   type=float, min=1.0, max=2.0, step=0.05)
+    stop: list[str] = field(default_factory=list, metadata={
+        "label": "Stop strings", "type": list,
+        "help": "The answer ends before the first of these (one per line; write \\n for a line "
+                "break)."})
+
+    def validate(self) -> "GenerationSettings":
+        """Raise ConfigError naming every bad value; return self when all are fine."""
+        problems = [p for f in dataclasses.fields(self)
+                    if (p := _check_generation(f, getattr(self, f.name)))]
+        if problems:
+            raise ConfigError("Invalid generation settings:\n  - " + "\n  - ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "generation settings"
+                  ) -> "GenerationSettings":
+        """Validated settings from text or numbers (CLI flags, widgets); unknown keys are an
+        error that names them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of setting: value, got "
+                              f"{type(data).__name__}")
+        unknown = [k for k in data if k not in GENERATION_FIELDS]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), GENERATION_FIELDS, n=1)
+                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(hints)}. "
+                              f"Known settings: {', '.join(GENERATION_FIELDS)}.")
+        values, problems = {}, []
+        for k, v in data.items():
+            try:
+                values[k] = _coerce_generation(k, v)
+            except ConfigError as e:
+                problems.append(str(e))
+        settings = cls(**values)
+        problems += [p for name in values
+                     if (p := _check_generation(GENERATION_FIELDS[name], getattr(settings, name)))]
+        if problems:
+            raise ConfigError(f"{source}: invalid settings:\n  - " + "\n  - ".join(problems))
+        return settings
+
+
+GENERATION_FIELDS = {f.name: f for f in dataclasses.fields(GenerationSettings)}
+
+
+def parse_stops(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """Stop strings from a textbox (one per line, blank lines left out) or a list; '\\n' written
+    out means a newline."""
+    if not value:
+        return []
+    items = [s for s in value.splitlines() if s.strip()] if isinstance(value, str) else value
+    return [s.replace("\\n", "\n") for s in items if s]
+
+
+def _coerce_generation(name: str, value: Any) -> Any:
+    f = GENERATION_FIELDS[name]
+    if name == "stop":
+        if value is None or isinstance(value, str) or (
+                isinstance(value, (list, tuple)) and all(isinstance(s, str) for s in value)):
+            return parse_stops(value)
+        raise ConfigError(f"stop: expected text or a list of strings, got {value!r}")
+    want = f.metadata["type"]
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if want is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_generation(f: dataclasses.Field, value: Any) -> str | None:
+    if f.name == "stop":
+        if isinstance(value, list) and all(isinstance(s, str) for s in value):
+            return None
+        return f"stop: expected a list of strings, got {value!r}"
+    return _check(f, value)

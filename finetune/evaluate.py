@@ -63,9 +63,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     loss_rows = rows[:MAX_LOSS_ROWS]
     gen_rows = rows[:n_gen]
 
-    from finetune import generation, hardware, models
+    from finetune import generation, hardware, jobs, models
 
     device, dtype = hardware.inference_settings()
+    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source)
     max_new = min(2048, int(ANSWER_ROOM * max(
@@ -140,6 +141,19 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     tell(1, per_model, "done")
     log(f"Saved {run_dir / 'eval.json'} ({report['seconds']} s)")
     return report
+
+
+def evaluate_choice(run: str | None, test_file: str | None = None, on_file: bool = False,
+                    limit: float | None = None, progress: Callable[[float, str], Any] | None = None,
+                    log=print) -> dict:
+    """`evaluate_run` for what a user picked: a run (None when none was picked) and, with
+    `on_file`, an uploaded test file instead of the run's test split."""
+    if not run:
+        raise RunError("Pick a finished run first (train one in the Train tab).")
+    if on_file and not test_file:
+        raise DataError("Upload a test file first, or evaluate on the run's test split.")
+    return evaluate_run(run, data=test_file if on_file else None, limit=limit, progress=progress,
+                        log=log)
 
 
 def load_report(run_dir: str | Path) -> dict | None:

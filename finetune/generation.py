@@ -1,14 +1,21 @@
 """Prompts through the chat template, batched greedy generation, completion-only loss, streaming.
 
+    python -m finetune chat runs/NAME --prompt "..."   # streams an answer through `stream`
+    python -m finetune eval runs/NAME                  # `generate_batch` and `completion_nll`
+
 Shared by `finetune.evaluate` (batches), `finetune.chat` (streaming) and `finetune.bench_chat`.
 Tokenization follows TRL: the template renders text, which is tokenized without extra special
-tokens, so evaluation sees exactly the token sequences training saw.
+tokens, so evaluation sees exactly the token sequences training saw. The callers set the CPU
+thread count once per answer or evaluation (`hardware.use_inference_threads`), so nothing here
+looks at runs.
 """
 
 from __future__ import annotations
 
 import threading
 from typing import Any, Iterable, Iterator, Sequence
+
+from finetune.config import GenerationSettings
 
 Message = dict[str, str]
 
@@ -112,22 +119,23 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def generation_config(model, tokenizer, max_new_tokens: int, temperature: float = 0.0,
-                      top_p: float = 1.0):
+def generation_config(model, tokenizer, settings: GenerationSettings):
     """Greedy when temperature is 0, otherwise sampling; stops at the model's end tokens."""
     import copy
 
     cfg = copy.deepcopy(model.generation_config)
-    cfg.max_new_tokens = int(max_new_tokens)
+    cfg.max_new_tokens = settings.max_new_tokens
     cfg.max_length = None
     cfg.min_new_tokens = None
     cfg.eos_token_id = stop_token_ids(model, tokenizer)
     cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
         else cfg.eos_token_id[0]
-    if temperature and temperature > 0:
-        cfg.do_sample, cfg.temperature, cfg.top_p = True, float(temperature), float(top_p)
+    if settings.temperature > 0:
+        cfg.do_sample, cfg.temperature, cfg.top_p = True, settings.temperature, settings.top_p
     else:  # unset sampling knobs so greedy decoding raises no warnings about them
         cfg.do_sample, cfg.temperature, cfg.top_p, cfg.top_k = False, None, None, None
+    if settings.repetition_penalty != 1.0:  # 1.0 keeps whatever the model ships with
+        cfg.repetition_penalty = settings.repetition_penalty
     return cfg
 
 
@@ -151,14 +159,10 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[Message]], max_new_t
     `on_batch(done, total)` is called after each batch."""
     import torch
 
-    from finetune import hardware
-
-    hardware.use_inference_threads()
-
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers: list[str] = [""] * len(encoded)
-    cfg = generation_config(model, tokenizer, max_new_tokens)
+    cfg = generation_config(model, tokenizer, GenerationSettings(max_new_tokens))
     device = str(model.device)
     done = 0
     for start in range(0, len(order), batch_size):
@@ -180,10 +184,6 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
     many answer tokens there were. Rows longer than `max_length` tokens are cut at the end."""
     import torch
     import torch.nn.functional as F
-
-    from finetune import hardware
-
-    hardware.use_inference_threads()
 
     seqs = []
     for prompt, answer in rows:
@@ -222,19 +222,14 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
 # --- streaming ----------------------------------------------------------------------------------
 
 
-def stream(model, tokenizer, messages: list[Message], max_new_tokens: int = 256,
-           temperature: float = 0.0, top_p: float = 1.0,
-           stop: Sequence[str] = ()) -> Iterator[str]:
+def stream(model, tokenizer, messages: list[Message], settings: GenerationSettings
+           ) -> Iterator[str]:
     """Yield the answer in pieces as it is generated (TextIteratorStreamer + a thread).
 
-    Generation stops at the model's end token, at `max_new_tokens`, at the first stop string
-    (which is not shown), or when the caller stops iterating (e.g. a Gradio cancel)."""
+    Generation stops at the model's end token, at `settings.max_new_tokens`, at the first stop
+    string (which is not shown), or when the caller stops iterating (e.g. a Gradio cancel)."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-    from finetune import hardware
-
-    hardware.use_inference_threads()
 
     halt = threading.Event()
 
@@ -243,10 +238,10 @@ def stream(model, tokenizer, messages: list[Message], max_new_tokens: int = 256,
             return torch.full((input_ids.shape[0],), halt.is_set(), dtype=torch.bool,
                               device=input_ids.device)
 
-    ids = prompt_ids(tokenizer, _fit_context(model, tokenizer, messages, max_new_tokens))
+    ids = prompt_ids(tokenizer, _fit_context(model, tokenizer, messages, settings.max_new_tokens))
     input_ids = torch.tensor([ids], device=model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    cfg = generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
+    cfg = generation_config(model, tokenizer, settings)
     failure: list[BaseException] = []
 
     def work():
@@ -261,7 +256,7 @@ def stream(model, tokenizer, messages: list[Message], max_new_tokens: int = 256,
 
     thread = threading.Thread(target=work, daemon=True, name="finetune-generate")
     thread.start()
-    stops = [s for s in stop if s]
+    stops = settings.stop
     sent, text = 0, ""
     try:
         for piece in streamer:

@@ -168,27 +168,23 @@ def inference_settings() -> tuple[str, str]:
     return "cpu", choose_precision(hw, probe())[0]
 
 
-def inference_threads() -> int:
-    """CPU threads for chat and evaluation.
+def inference_threads(training_active: bool) -> int:
+    """CPU threads for chat and evaluation; the caller says whether a training runs now
+    (`finetune.jobs.active_run()`), since this module knows nothing of runs.
 
     All of them, except while a training runs on a machine of 2 cores or fewer: there torch's
     OpenMP threads wait on a core the training holds, and chat ran 4-8x slower at 2 threads than
     at 1 (measured on a 2-core AMD EPYC, no avx512_bf16: first token 4.2 s vs 0.25 s).
     """
     n = threads()
-    if n <= 2:
-        from finetune import jobs
-
-        if jobs.active_run() is not None:
-            return 1
-    return n
+    return 1 if training_active and n <= 2 else n
 
 
-def use_inference_threads() -> None:
+def use_inference_threads(training_active: bool) -> None:
     import torch
 
     if detect().device == "cpu":
-        torch.set_num_threads(inference_threads())
+        torch.set_num_threads(inference_threads(training_active))
 
 
 def summary() -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from finetune.config import GenerationSettings
 from test_evaluate import make_run, plain_cpu  # noqa: F401 - plain_cpu: autouse fixture
 
 PROMPT = "Spoke with Clara Ivanova. Virtucon, Halifax."
@@ -26,13 +27,23 @@ def cold_cache(monkeypatch):
     monkeypatch.setattr(chat, "CACHE", chat.ModelCache(size=2))  # each test starts cold
 
 
+def widget_values(**changes) -> list:
+    """The Chat tab's generation widget values, in field order: the defaults with `changes`."""
+    from finetune.config import GENERATION_FIELDS
+
+    values = GenerationSettings(**changes).to_dict()
+    values["stop"] = "\n".join(values["stop"])
+    return [values[n] for n in GENERATION_FIELDS]
+
+
 def test_stream_yields_pieces_that_join_to_the_full_answer(run):
     from finetune import chat, generation
 
     target = chat.resolve_target(run)
     assert target.kind == "tuned"
     history = [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]  # Gradio 6 blocks
-    pieces = list(chat.stream_reply(target, history, max_new_tokens=40))
+    pieces = list(chat.stream_reply(target, history,
+                                    settings=GenerationSettings(max_new_tokens=40)))
     assert len(pieces) >= 3 and all(pieces)
 
     model, tok = chat.CACHE.get(target)
@@ -41,7 +52,8 @@ def test_stream_yields_pieces_that_join_to_the_full_answer(run):
 
     # a stop string ends the answer before it, and is not shown
     stop = full[12:15]
-    cut = list(chat.stream_reply(target, history, max_new_tokens=40, stop=[stop]))
+    cut = list(chat.stream_reply(target, history,
+                                 settings=GenerationSettings(max_new_tokens=40, stop=[stop])))
     assert "".join(cut) == "".join(pieces)[:"".join(pieces).index(stop)]
 
 
@@ -60,14 +72,16 @@ def test_cache_keeps_base_and_tuned_and_cli_answers(run, tiny_model, capsys):
 
 
 def test_chat_tab_side_by_side_streams_both(run):
+    from finetune import chat
     from finetune.ui import chat_tab
 
     import copy
 
-    steps = [copy.deepcopy(s) for s in chat_tab.respond_side_by_side(
-        PROMPT, [], [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
-                     {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}],
-        str(run), "", 0.0, 1.0, 24, "")]
+    history = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}]
+    steps = [copy.deepcopy(s) for s in chat_tab.send(
+        PROMPT, [], [], history, str(run), chat.BOTH, "", *widget_values(max_new_tokens=24))]
+    steps = [(box, left, right) for box, _, left, right in steps]
     box, left, right = steps[-1]
     assert box == ""
     assert [m["role"] for m in left] == ["user", "assistant"]
@@ -83,27 +97,34 @@ def test_chat_tab_side_by_side_streams_both(run):
 def test_chat_tab_errors_are_messages(tiny_model, tmp_path, finetune_home):
     import gradio as gr
 
+    from finetune import chat
     from finetune.config import RunConfig
-    from finetune.ui import chat_tab
+    from finetune.models import BUNDLED_NAME
+    from finetune.ui import chat_tab, common
 
     busy = finetune_home / "runs" / "busy"
     busy.mkdir(parents=True)
     RunConfig(model=str(tiny_model)).save(busy / "config.yaml")
+    gen = widget_values(max_new_tokens=8)
     with pytest.raises(gr.Error, match="no trained model yet"):
-        list(chat_tab.respond("hi", [], str(busy), chat_tab.TUNED, "", 0, 1, 8, ""))
+        list(chat_tab.send("hi", [], [], [], str(busy), chat.TUNED, "", *gen))
     with pytest.raises(gr.Error, match="pick a run"):
-        list(chat_tab.respond_side_by_side("hi", [], [], chat_tab.PLAIN_PREFIX + "x", "", 0, 1,
-                                           8, ""))
+        list(chat_tab.send("hi", [], [], [], chat.MODEL_PREFIX + "x", chat.BOTH, "", *gen))
+    with pytest.raises(gr.Error, match="Pick a run or a model"):
+        list(chat_tab.send("hi", [], [], [], None, chat.TUNED, "", *gen))
+    with pytest.raises(gr.Error, match="max_new_tokens: 0 is outside 1..2048"):
+        list(chat_tab.send("hi", [], [], [], str(busy), chat.TUNED, "",
+                           *widget_values(max_new_tokens=0)))
     # only finished runs are offered, and the bundled model always is
-    choices = chat_tab.target_choices()
-    assert [v for _, v in choices] == [chat_tab.PLAIN_PREFIX + chat_tab.BUNDLED]
+    choices = common.chat_choices()
+    assert [v for _, v in choices] == [chat.MODEL_PREFIX + BUNDLED_NAME]
 
 
 def test_bundled_model_answers_through_its_chat_template(bundled_model):
     from finetune import chat
 
     answer = "".join(chat.answer_once("SmolLM2-135M-Instruct", "What is the capital of France?",
-                                      max_new_tokens=12))
+                                      settings=GenerationSettings(max_new_tokens=12)))
     assert "Paris" in answer
 
 

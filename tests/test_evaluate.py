@@ -183,6 +183,12 @@ def test_evaluate_tab_shows_saved_report_and_filters(trained_run):
     with pytest.raises(gr.Error, match="Upload a test file"):
         evaluate_tab.run_evaluation(str(trained_run), evaluate_tab.A_FILE, None, None, "all",
                                     progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="Pick a finished run"):
+        evaluate_tab.run_evaluation(None, evaluate_tab.OWN_SPLIT, None, None, "all",
+                                    progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="limit must be at least 1"):
+        evaluate_tab.run_evaluation(str(trained_run), evaluate_tab.OWN_SPLIT, None, 0, "all",
+                                    progress=lambda *a, **k: None)
     # the tab builds inside a gr.Tab and offers only finished runs
     with gr.Blocks(), gr.Tab("Evaluate"):
         evaluate_tab.build_evaluate_tab()

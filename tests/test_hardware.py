@@ -44,3 +44,21 @@ def test_memory_estimate_grows_with_batch_and_shrinks_with_qlora_and_checkpointi
     full = hardware.estimate_memory_gb(**shape, method="full", precision="fp32", batch=1,
                                        seq_len=256, checkpointing=False)["total"]
     assert small < big and ckpt < big and qlora < small < full
+
+
+def test_inference_threads_leave_a_core_to_a_training_on_small_machines(monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(hardware, "threads", lambda: 2)
+    assert hardware.inference_threads(training_active=True) == 1
+    assert hardware.inference_threads(training_active=False) == 2
+    monkeypatch.setattr(hardware, "threads", lambda: 16)
+    assert hardware.inference_threads(training_active=True) == 16
+    # the caller asks finetune.jobs; hardware knows nothing of runs (no import circle)
+    code = ("import sys, finetune.hardware as h; h.inference_threads(True); "
+            "print('finetune.jobs' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(hardware.__file__).parents[1])
+    assert out.stdout.strip() == "False"

@@ -1,14 +1,23 @@
-"""Small helpers shared by the tabs: run choices and turning library errors into gr.Error."""
+"""Shared by the tabs: the run pickers, and turning library errors into gr.Error.
+
+    python app.py      # the tabs that use these
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 
+from finetune import chat
 from finetune.errors import FinetuneError
+from finetune.models import BUNDLED_NAME
+
+# The Chat tab offers it before any run is read (and to API callers that never load the page).
+BUNDLED_CHOICE = (f"{BUNDLED_NAME} (bundled, not fine-tuned)", chat.MODEL_PREFIX + BUNDLED_NAME)
 
 
 def run_choices() -> list[tuple[str, str]]:
-    """(label, path) for every run, newest first."""
+    """(label, path) for every run, newest first (the Train tab)."""
     from finetune import jobs, runinfo
 
     out = []
@@ -18,13 +27,63 @@ def run_choices() -> list[tuple[str, str]]:
     return out
 
 
+def evaluate_choices() -> list[tuple[str, str]]:
+    """(label, path) of runs with trained weights, newest first; the label says if evaluated
+    (the Evaluate tab)."""
+    return [(f"{run.name}{' · evaluated' if (run / 'eval.json').is_file() else ''}", str(run))
+            for run in chat.finished_runs()]
+
+
+def chat_choices() -> list[tuple[str, str]]:
+    """(label, value): finished runs newest first, then the bundled model as it is (the Chat
+    tab)."""
+    from finetune import runinfo
+
+    return [(f"{run.name} ({runinfo.read_status(run).get('state', '?')})", str(run))
+            for run in chat.finished_runs()] + [BUNDLED_CHOICE]
+
+
+def picker(choices: list[tuple[str, str]], current: str | None):
+    """A dropdown update offering `choices`, keeping `current` when it is still offered."""
+    import gradio as gr
+
+    values = [v for _, v in choices]
+    return gr.Dropdown(choices=choices, value=current if current in values else
+                       (values[0] if values else None))
+
+
+def refresh_triggers(button) -> list:
+    """When a tab reads its run list: on page load, when the tab is selected and on its refresh
+    `button`, never while the app is built. Call it inside the tab, outside any row."""
+    import gradio as gr
+    from gradio.context import Context
+
+    triggers = [Context.root_block.load, button.click]
+    tab = Context.block  # the gr.Tab app.py opened around the tab's build function
+    if isinstance(tab, gr.Tab):
+        triggers.append(tab.select)
+    return triggers
+
+
 def user_errors(fn):
-    """Show FinetuneError messages to the user as gr.Error; the app keeps running."""
+    """Show FinetuneError messages to the user as gr.Error; the app keeps running.
+
+    Works on generator handlers too (streaming), which must stay generator functions for
+    Gradio to stream them."""
+    import gradio as gr
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except FinetuneError as e:
+                raise gr.Error(str(e), duration=None) from None
+
+        return stream
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import gradio as gr
-
         try:
             return fn(*args, **kwargs)
         except FinetuneError as e:

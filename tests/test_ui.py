@@ -1,0 +1,107 @@
+"""What the tabs share (finetune/ui/common.py) and how the app is built: no run is read while the
+app is built, generation widgets come from GenerationSettings, library errors become gr.Error.
+
+    python -m pytest tests/test_ui.py -q
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+
+import gradio as gr
+import pytest
+
+from conftest import REPO
+
+
+def corrupt_run(home):
+    """A finished run whose files are all unreadable, as an interrupted copy may leave it."""
+    run = home / "runs" / "broken"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{")
+    (run / "config.yaml").write_text("model: [unclosed\n")
+    (run / "status.json").write_text("{")
+    (run / "eval.json").write_text("{}")  # valid JSON, not a report
+    return run
+
+
+def test_building_the_app_reads_no_run(finetune_home, monkeypatch):
+    from finetune import paths
+
+    corrupt_run(finetune_home)
+
+    def no_runs_at_build_time():
+        raise AssertionError("a run directory was read while the app was built")
+
+    monkeypatch.setattr(paths, "runs_dir", no_runs_at_build_time)
+    spec = importlib.util.spec_from_file_location("app_under_test", REPO / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)  # `import app`: builds the module-level demo
+    demo = app.build_app()
+
+    # the run pickers are filled when the page loads instead
+    from finetune.ui import chat_tab, evaluate_tab
+
+    on_load = {fn.fn for fn in demo.fns.values()
+               if any(t[1] == "load" and t[0] == demo._id for t in fn.targets)}
+    assert {chat_tab.refresh_targets, evaluate_tab.refresh_runs} <= on_load
+
+
+def test_pickers_survive_a_broken_run(finetune_home):
+    from finetune import chat
+    from finetune.models import BUNDLED_NAME
+    from finetune.ui import chat_tab, common, evaluate_tab
+
+    run = str(corrupt_run(finetune_home))
+    assert common.chat_choices() == [
+        ("broken (?)", run), (f"{BUNDLED_NAME} (bundled, not fine-tuned)",
+                              chat.MODEL_PREFIX + BUNDLED_NAME)]
+    assert common.evaluate_choices() == [("broken · evaluated", run)]
+    dropdown, hint = chat_tab.refresh_targets(None)
+    assert dropdown.value == run and hint == ""
+    assert chat.system_for(run) is None  # unreadable: no suggestion, the prompt stays
+    assert evaluate_tab.refresh_runs("gone").value == run
+
+
+def test_chat_widgets_take_their_defaults_from_generation_settings():
+    from finetune.config import GENERATION_FIELDS, GenerationSettings
+    from finetune.ui import chat_tab
+
+    with gr.Blocks():
+        widgets = chat_tab.generation_widgets()
+    defaults = GenerationSettings()
+    assert len(widgets) == len(GENERATION_FIELDS)
+    for widget, (name, f) in zip(widgets, GENERATION_FIELDS.items()):
+        assert widget.label == f.metadata["label"] and widget.info == f.metadata["help"]
+        if isinstance(widget, gr.Slider):
+            assert widget.value == getattr(defaults, name)
+            assert (widget.minimum, widget.maximum) == (f.metadata["min"], f.metadata["max"])
+        else:
+            assert name == "stop" and widget.value == "\n".join(defaults.stop)
+    # the widgets' values, as a handler gets them, are the defaults again
+    values = dict(zip(GENERATION_FIELDS, (w.value for w in widgets)))
+    assert GenerationSettings.from_dict(values) == defaults
+
+
+def test_a_streaming_handlers_library_error_becomes_gr_error():
+    from finetune.errors import DataError
+    from finetune.ui.common import user_errors
+
+    @user_errors
+    def handler(n):
+        yield n
+        raise DataError("row 3 has no answer: add one")
+
+    assert inspect.isgeneratorfunction(handler)  # Gradio streams only generator functions
+    stream = handler(1)
+    assert next(stream) == 1
+    with pytest.raises(gr.Error, match="row 3 has no answer"):
+        next(stream)
+
+    @user_errors
+    def plain(n):
+        raise DataError("bad")
+
+    with pytest.raises(gr.Error, match="bad"):
+        plain(1)
