@@ -2,7 +2,7 @@
 
     python -m finetune chat runs/NAME --prompt "..."            # the tuned model
     python -m finetune chat runs/NAME --prompt "..." --base     # the model it started from
-    python -m finetune chat SmolLM2-135M-Instruct --prompt "..."
+    python -m finetune chat bundled --prompt "..."
 
 Loaded models stay in a small cache (at most two: base and tuned, for side-by-side chat), so
 the Chat tab does not reload on every message; a retrained run is reloaded.

@@ -1,4 +1,5 @@
-"""The run configuration: one dataclass feeds the UI, the CLI and the training process.
+"""The settings: `RunConfig` feeds the Train tab, the CLI and the training process;
+`GenerationSettings` feeds the Chat tab, the chat command and evaluation.
 
 Precedence: dataclass default < YAML file < CLI flag < UI. Settings whose default is "auto" are
 decided from the data and the machine by `finetune.plan` before a run starts; the resolved,
@@ -194,18 +195,24 @@ def coerce(name: str, value: Any) -> Any:
     return int(number) if want is int and number.is_integer() else number
 
 
-def from_dict(data: dict[str, Any], source: str = "settings") -> RunConfig:
-    """Build a validated config; unknown keys are an error that names them."""
+def _check_keys(data: Any, fields: dict, source: str) -> None:
+    """ConfigError unless data is a mapping of known settings; unknown ones are named, with the
+    closest known name."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of setting: value, got {type(data).__name__}")
-    unknown = [k for k in data if k not in FIELDS]
+    unknown = [k for k in data if k not in fields]
     if unknown:
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(str(k), FIELDS, n=1)
+            close = difflib.get_close_matches(str(k), fields, n=1)
             hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         raise ConfigError(f"{source}: unknown setting(s) {', '.join(hints)}. "
-                          f"Known settings: {', '.join(FIELDS)}.")
+                          f"Known settings: {', '.join(fields)}.")
+
+
+def from_dict(data: dict[str, Any], source: str = "settings") -> RunConfig:
+    """Build a validated config; unknown keys are an error that names them."""
+    _check_keys(data, FIELDS, source)
     values, problems = {}, []
     for k, v in data.items():
         try:
@@ -289,17 +296,7 @@ class GenerationSettings:
                   ) -> "GenerationSettings":
         """Validated settings from text or numbers (CLI flags, widgets); unknown keys are an
         error that names them."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of setting: value, got "
-                              f"{type(data).__name__}")
-        unknown = [k for k in data if k not in GENERATION_FIELDS]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(str(k), GENERATION_FIELDS, n=1)
-                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise ConfigError(f"{source}: unknown setting(s) {', '.join(hints)}. "
-                              f"Known settings: {', '.join(GENERATION_FIELDS)}.")
+        _check_keys(data, GENERATION_FIELDS, source)
         values, problems = {}, []
         for k, v in data.items():
             try:

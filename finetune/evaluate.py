@@ -63,14 +63,16 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     loss_rows = rows[:MAX_LOSS_ROWS]
     gen_rows = rows[:n_gen]
 
+    from finetune import data as datamod
     from finetune import generation, hardware, jobs, models
 
     device, dtype = hardware.inference_settings()
     hardware.use_inference_threads(training_active=jobs.active_run() is not None)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source)
-    max_new = min(2048, int(ANSWER_ROOM * max(
-        len(tokenizer(ref, add_special_tokens=False)["input_ids"]) for _, ref in gen_rows)) + 8)
+    counter = datamod.TokenCounter.from_tokenizer(tokenizer, source.name)
+    longest = max(counter.encode_lengths([ref for _, ref in gen_rows]))
+    max_new = min(2048, int(ANSWER_ROOM * longest) + 8)
     max_length = cfg.max_length if isinstance(cfg.max_length, int) else 2048
     batch = 16 if device == "cuda" else 8
     log(f"Evaluating {run_dir.name} on {described}: loss on {len(loss_rows)} rows, answers to "
@@ -178,7 +180,7 @@ def _rows(cfg, data: str | None, log) -> tuple[list[tuple[list[dict], str]], str
         described = f"test split ({source or cfg.test_data or cfg.data})"
     pairs, skipped = [], 0
     for row in raw:
-        split = generation.split_row(row)
+        split = datamod.prompt_and_answer(row)
         if split is None:
             skipped += 1
             continue

@@ -3,7 +3,7 @@
     python -m finetune chat runs/NAME --prompt "..."   # streams an answer through `stream`
     python -m finetune eval runs/NAME                  # `generate_batch` and `completion_nll`
 
-Shared by `finetune.evaluate` (batches), `finetune.chat` (streaming) and `finetune.bench_chat`.
+Shared by `finetune.evaluate` (batches), `finetune.chat` (streaming) and `finetune.bench.chat`.
 Tokenization follows TRL: the template renders text, which is tokenized without extra special
 tokens, so evaluation sees exactly the token sequences training saw. The callers set the CPU
 thread count once per answer or evaluation (`hardware.use_inference_threads`), so nothing here
@@ -60,25 +60,6 @@ def to_messages(history: Iterable[Any], system: str = "") -> list[Message]:
             continue
         out.append({"role": role, "content": flatten_content(content)})
     return out
-
-
-def split_row(row: dict) -> tuple[list[Message], str] | None:
-    """(prompt messages, reference) of a data row: everything before the last assistant turn,
-    and that turn's text. None when the row has no assistant turn."""
-    messages = row.get("messages")
-    if messages is None and "prompt" in row and "completion" in row:  # prompt/completion rows
-        prompt, completion = row["prompt"], row["completion"]
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        if isinstance(completion, str):
-            return prompt, completion
-        messages = prompt + list(completion)
-    if not messages:
-        return None
-    messages = [{"role": m["role"], "content": flatten_content(m.get("content"))} for m in messages]
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None or last == 0:
-        return None
-    return messages[:last], messages[last]["content"]
 
 
 def with_system(messages: list[Message], system: str) -> list[Message]:
@@ -288,9 +269,9 @@ def stream(model, tokenizer, messages: list[Message], settings: GenerationSettin
 def _fit_context(model, tokenizer, messages: list[Message], max_new_tokens: int) -> list[Message]:
     """Drop the oldest turns (keeping the system prompt and the last message) until the prompt
     and the answer fit the model's context."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if not limit:
-        return messages
+    from finetune.models import context_from
+
+    limit = context_from(model.config.to_dict())
     msgs = list(messages)
     while len(prompt_ids(tokenizer, msgs)) + max_new_tokens > limit:
         first = 1 if msgs and msgs[0]["role"] == "system" else 0

@@ -14,7 +14,8 @@ from finetune.bundled import (BUNDLED_NAME, BUNDLED_PACKAGE, bundled_dir, ensure
                               is_bundled)
 from finetune.errors import ModelError
 
-__all__ = ["BUNDLED_NAME", "ModelSource", "bundled_dir", "context_length", "ensure_bundled",
+__all__ = ["BUNDLED_NAME", "ModelSource", "bundled_dir", "context_from", "context_length",
+           "ensure_bundled",
            "is_bundled", "load_model", "load_tokenizer", "load_tuned", "lora_config",
            "model_files", "model_shape", "resolve"]
 
@@ -117,6 +118,12 @@ def context_length(folder: str | Path | None) -> int:
         settings = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return FALLBACK_CONTEXT
+    return context_from(settings)
+
+
+def context_from(settings: dict) -> int:
+    """The context length a model's config settings name (config.json, or a loaded model's
+    `config.to_dict()`); FALLBACK_CONTEXT when they name none."""
     text = settings.get("text_config") or settings  # multimodal configs nest the language model
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(text.get(key), int) and text[key] > 0:

@@ -104,6 +104,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return out
 
 
+def curves(run_dir: Path) -> dict:
+    """What the live view plots: {"loss": [(step, value, "train"|"validation")], "lr": [(step,
+    value)], "tokens_per_s": median of the last 5 steps or None}."""
+    import statistics
+
+    metrics = read_metrics(run_dir)
+    loss = [(m["step"], m["loss"], "train") for m in metrics if "loss" in m]
+    loss += [(m["step"], m["eval_loss"], "validation") for m in metrics if "eval_loss" in m]
+    speed = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+    return {"loss": loss, "lr": [(m["step"], m["lr"]) for m in metrics if m.get("lr") is not None],
+            "tokens_per_s": statistics.median(speed[-5:]) if speed else None}
+
+
 def result_dir(run_dir: Path) -> Path | None:
     """Where the trained weights are: adapter/ (LoRA, QLoRA) or model/ (full)."""
     for sub in ("adapter", "model"):

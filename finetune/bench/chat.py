@@ -2,7 +2,7 @@
 
     python -m finetune bench chat
 
-Uses the bundled SmolLM2-135M-Instruct, the device and precision chat uses
+Uses the bundled model, the device and precision chat uses
 (`hardware.inference_settings`), a short chat prompt through the chat template, greedy decoding
 of a fixed number of tokens. One warm-up, then the median of `repeats` timed answers, at the
 thread count chat uses and (on a CPU) at one thread: on a busy machine a second thread can cost
@@ -24,6 +24,7 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
     from transformers.generation.streamers import BaseStreamer
 
     from finetune import generation, hardware, models
+    from finetune.config import GenerationSettings
 
     class Clock(BaseStreamer):
         """Timestamps each generated token (the first put() is the prompt)."""
@@ -51,7 +52,7 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
     log(f"Loaded {source.name} in {load_s:.1f} s on {device} {dtype}")
 
     def once(n: int) -> tuple[float, float, int]:
-        cfg = generation.generation_config(model, tokenizer, n)
+        cfg = generation.generation_config(model, tokenizer, GenerationSettings(max_new_tokens=n))
         cfg.min_new_tokens = n  # a fixed length, so runs compare
         clock = Clock()
         start = time.perf_counter()

@@ -109,11 +109,13 @@ class TokenCounter:
         """Tokens that carry the loss per row: the answer plus its end-of-turn token (the whole
         text plus EOS for text rows)."""
         texts = [r["text"] if "text" in r else prompt_and_answer(r)[1] for r in rows]
-        if self.tokenizer is None:
-            return [math.ceil(len(t) / CHARS_PER_TOKEN) + 1 for t in texts]
         return [n + 1 for n in self.encode_lengths(texts)]
 
     def encode_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens of each text alone (no template, no special tokens); estimated without a
+        tokenizer."""
+        if self.tokenizer is None:
+            return [math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts]
         return [len(e.ids) for e in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
     def _sampled(self, texts: list[str], max_length: int | None) -> list[int]:

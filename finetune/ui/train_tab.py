@@ -94,32 +94,26 @@ def status_markdown(st: dict, run_name: str) -> str:
 
 def live_view(run_path: str | None):
     """Status text, loss and learning-rate frames, log tail and whether to keep polling."""
-    import pandas as pd
+    from pathlib import Path
 
     from finetune import jobs, runinfo
 
-    empty = pd.DataFrame({"step": [], "value": [], "series": []})
     if not run_path:
-        return status_markdown({}, ""), empty, empty, "", False
-    from pathlib import Path
-
+        return status_markdown({}, ""), _frame([]), _frame([]), "", False
     run_dir = Path(run_path)
-    st = jobs.status(run_dir)
-    metrics = runinfo.read_metrics(run_dir)
-    loss = [{"step": m["step"], "value": m["loss"], "series": "train"} for m in metrics if "loss" in m]
-    loss += [{"step": m["step"], "value": m["eval_loss"], "series": "validation"}
-             for m in metrics if "eval_loss" in m]
-    lr = [{"step": m["step"], "value": m["lr"], "series": "learning rate"}
-          for m in metrics if m.get("lr") is not None]
-    speed = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+    st, curves = jobs.status(run_dir), runinfo.curves(run_dir)
     text = status_markdown(st, run_dir.name)
-    if speed:
-        import statistics
+    if curves["tokens_per_s"]:
+        text += f"  \n{curves['tokens_per_s']:.0f} tokens/s (median of the last 5 steps)"
+    lr = [(step, value, "learning rate") for step, value in curves["lr"]]
+    return (text, _frame(curves["loss"]), _frame(lr), runinfo.log_tail(run_dir),
+            st.get("state") in jobs.ACTIVE)
 
-        text += f"  \n{statistics.median(speed[-5:]):.0f} tokens/s (median of the last 5 steps)"
-    active = st.get("state") in jobs.ACTIVE
-    return (text, pd.DataFrame(loss) if loss else empty, pd.DataFrame(lr) if lr else empty,
-            runinfo.log_tail(run_dir), active)
+
+def _frame(points: list[tuple]):
+    import pandas as pd
+
+    return pd.DataFrame(points, columns=["step", "value", "series"])
 
 
 def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State) -> None:
