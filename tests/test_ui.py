@@ -58,10 +58,28 @@ def test_pickers_survive_a_broken_run(finetune_home):
         ("broken (?)", run), (f"{BUNDLED_NAME} (bundled, not fine-tuned)",
                               chat.MODEL_PREFIX + BUNDLED_NAME)]
     assert common.evaluate_choices() == [("broken · evaluated", run)]
-    dropdown, hint = chat_tab.refresh_targets(None)
+    dropdown, seen, hint = chat_tab.refresh_targets(None, [])
     assert dropdown.value == run and hint == ""
     assert chat.system_for(run) is None  # unreadable: no suggestion, the prompt stays
     assert evaluate_tab.refresh_runs("gone").value == run
+
+
+def test_a_run_trained_since_the_page_looked_is_picked_first(finetune_home):
+    """Issue 18: after training, the Chat tab offered the bundled base model first."""
+    from finetune import chat
+    from finetune.models import BUNDLED_NAME
+    from finetune.ui import chat_tab, evaluate_tab
+
+    bundled = chat.MODEL_PREFIX + BUNDLED_NAME
+    dropdown, seen, hint = chat_tab.refresh_targets(bundled, [])  # page load, no run yet
+    assert dropdown.value == bundled and "No finished run yet" in hint
+    run = str(corrupt_run(finetune_home))  # a run finishes while the page is open
+    dropdown, seen, hint = chat_tab.refresh_targets(bundled, seen)  # the tab is selected again
+    assert dropdown.value == run and hint == ""
+    # Once seen, a choice the person makes stays.
+    assert chat_tab.refresh_targets(bundled, seen)[0].value == bundled
+    dropdown, seen = evaluate_tab.refresh_runs(None, [])
+    assert dropdown.value == run and evaluate_tab.refresh_runs(run, seen)[0].value == run
 
 
 def test_chat_widgets_take_their_defaults_from_generation_settings():

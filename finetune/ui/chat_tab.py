@@ -24,10 +24,12 @@ NO_RUN_HINT = ("No finished run yet: train one in the **Train** tab. Meanwhile y
                f"the bundled {BUNDLED_NAME} as it is.")
 
 
-def refresh_targets(current: str | None):
-    """The dropdown with the runs there are now, and the hint when there is none."""
+def refresh_targets(current: str | None, seen: list | None):
+    """The dropdown with the runs there are now (a run trained since the page last looked is
+    picked), the values seen, and the hint when there is no run."""
     choices = chat_choices()
-    return picker(choices, current), "" if len(choices) > 1 else NO_RUN_HINT
+    dropdown, seen = picker(choices, current, seen or [])
+    return dropdown, seen, "" if len(choices) > 1 else NO_RUN_HINT
 
 
 def on_target_change(choice: str | None):
@@ -123,4 +125,5 @@ def build_chat_tab() -> None:
     clear.click(clear_chat, None, outputs, cancels=[ev1, ev2])
     mode.change(on_mode, mode, [single, pair])
     target.change(on_target_change, target, system)  # also when a refresh picks the first run
-    gr.on(refresh_triggers(refresh), refresh_targets, target, [target, hint])
+    seen = gr.State([])  # the choices this page offered, so a new run is picked when it appears
+    gr.on(refresh_triggers(refresh), refresh_targets, [target, seen], [target, seen, hint])

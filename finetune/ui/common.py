@@ -43,13 +43,18 @@ def chat_choices() -> list[tuple[str, str]]:
             for run in chat.finished_runs()] + [BUNDLED_CHOICE]
 
 
-def picker(choices: list[tuple[str, str]], current: str | None):
-    """A dropdown update offering `choices`, keeping `current` when it is still offered."""
+def picker(choices: list[tuple[str, str]], current: str | None, seen: list | None = None):
+    """A dropdown update offering `choices`. With `seen` (the values this page offered before),
+    a run that appeared since is picked (a run just trained is what a person wants next);
+    otherwise `current` stays while it is offered. Returns the dropdown, and with `seen` also
+    the new list of seen values."""
     import gradio as gr
 
     values = [v for _, v in choices]
-    return gr.Dropdown(choices=choices, value=current if current in values else
-                       (values[0] if values else None))
+    new = [v for v in values if seen is not None and v not in seen]
+    value = new[0] if new else current if current in values else (values[0] if values else None)
+    dropdown = gr.Dropdown(choices=choices, value=value)
+    return dropdown if seen is None else (dropdown, values)
 
 
 def refresh_triggers(button) -> list:

@@ -23,8 +23,10 @@ NEXT = ("**Next:** open the **Chat** tab to talk to the tuned model, or put it s
         "the base model.")
 
 
-def refresh_runs(current: str | None):
-    return picker(evaluate_choices(), current)
+def refresh_runs(current: str | None, seen: list | None = None):
+    """The finished runs now; with `seen`, a run finished since the page last looked is picked
+    (and the new seen list is returned too)."""
+    return picker(evaluate_choices(), current, seen)
 
 
 def summary_text(report: dict) -> str:
@@ -104,7 +106,10 @@ def build_evaluate_tab() -> None:
     source.change(show_upload, source, upload)
     run.change(show_saved, [run, which], views)
     which.change(filter_examples, [run, which], examples_df)
+    # one progress bar, above the results (Gradio would draw one on every output)
     go.click(run_evaluation, [run, source, upload, limit, which], views + [run],
-             concurrency_limit=1)
+             concurrency_limit=1, show_progress_on=summary_md)
     # runs and their eval.json are read when the page loads, not while the app is built
-    gr.on(refresh_triggers(refresh), refresh_runs, run, run).then(show_saved, [run, which], views)
+    seen = gr.State([])  # the runs this page offered, so a newly finished one is picked
+    gr.on(refresh_triggers(refresh), refresh_runs, [run, seen], [run, seen]).then(
+        show_saved, [run, which], views)

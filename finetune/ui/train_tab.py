@@ -185,7 +185,12 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
 
     check_btn.click(check, widgets, [plan_df, yaml_box, cli_box])
 
-    def refresh(selected=None):
+    def refresh(selected=None, shown=None):
+        """The run picker (the picked run kept; else the one training, else the newest), the
+        runs table, and the choices shown; the picker is left alone when its choices are the
+        same (so an open list does not close every poll)."""
+        import pandas as pd
+
         from finetune import jobs
 
         choices = run_choices()
@@ -193,9 +198,13 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
         if selected not in paths:
             active = jobs.active_run()
             selected = str(active) if active else (paths[0] if paths else None)
-        import pandas as pd
+        pick = gr.skip() if choices == shown else gr.update(choices=choices, value=selected)
+        return pick, pd.DataFrame(jobs.runs_table()), choices
 
-        return gr.update(choices=choices, value=selected), pd.DataFrame(jobs.runs_table())
+    def tick(run_path, shown=None):
+        """One poll: the run's status, curves and log, and the runs as they are now."""
+        text, loss, lr, log, active = live_view(run_path)
+        return (text, loss, lr, log, gr.Timer(active=active), *refresh(run_path, shown))
 
     @user_errors
     def start(*values, progress=gr.Progress()):
@@ -206,31 +215,29 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
         planned = jobs.launch(cfg)
         return (*show_plan(planned, cfg), *refresh(str(planned.run_dir)), gr.Timer(active=True))
 
-    start_btn.click(start, widgets, [plan_df, yaml_box, cli_box, run_pick, runs_df, timer])
-
-    def tick(run_path):
-        text, loss, lr, log, active = live_view(run_path)
-        return text, loss, lr, log, gr.Timer(active=active)
-
-    live_outputs = [status_md, loss_plot, lr_plot, log_box, timer]
-    timer.tick(tick, run_pick, live_outputs)
-    run_pick.change(tick, run_pick, live_outputs)
+    shown = gr.State([])  # the picker's choices as last sent to the page
+    listing = [run_pick, runs_df, shown]
+    live = [status_md, loss_plot, lr_plot, log_box, timer, *listing]
+    start_btn.click(start, widgets, [plan_df, yaml_box, cli_box, *listing, timer]).then(
+        tick, [run_pick, shown], live)
+    timer.tick(tick, [run_pick, shown], live)
+    run_pick.input(tick, [run_pick, shown], live)  # a person's pick (updates from here: no loop)
 
     def run_action(action: str):
         """A button that acts on the picked run (stop, resume), then shows it."""
 
         @user_errors
-        def handler(run_path):
+        def handler(run_path, shown):
             from finetune import jobs, runinfo
 
             getattr(jobs, action)(runinfo.run_path(run_path))
-            return tick(run_path)  # a resumed run is active again, so polling restarts
+            return tick(run_path, shown)  # a resumed run is active again, so polling restarts
 
         return handler
 
-    stop_btn.click(run_action("stop"), run_pick, live_outputs, api_name="stop_run")
-    resume_btn.click(run_action("resume"), run_pick, live_outputs, api_name="resume_run")
-    refresh_btn.click(refresh, run_pick, [run_pick, runs_df])
-    # Reattach on page load: pick the run that is training now (or the newest); its change
-    # event starts the polling when that run is still active.
-    demo.load(refresh, None, [run_pick, runs_df])
+    stop_btn.click(run_action("stop"), [run_pick, shown], live, api_name="stop_run")
+    resume_btn.click(run_action("resume"), [run_pick, shown], live, api_name="resume_run")
+    # Reattach on page load: pick the run that is training now (or the newest) and poll it
+    # while it is active; the Refresh button does the same.
+    for trigger in (demo.load, refresh_btn.click):
+        trigger(refresh, run_pick, listing).then(tick, [run_pick, shown], live)
