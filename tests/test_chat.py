@@ -132,3 +132,16 @@ def test_picking_a_run_suggests_the_system_prompt_it_trained_with(run):
     from finetune.ui import chat_tab
 
     assert chat_tab.on_target_change(str(run)).startswith("Extract the contact as JSON")
+
+
+def test_a_model_as_it_is_gets_a_repetition_penalty_and_a_tuned_one_none():
+    from finetune import chat
+    from finetune.config import GenerationSettings
+    from finetune.models import BUNDLED_NAME
+
+    plain = chat.MODEL_PREFIX + BUNDLED_NAME
+    assert chat.repetition_penalty_for(plain) == chat.BASE_REPETITION_PENALTY > 1.0
+    assert chat.repetition_penalty_for("runs/x", chat.BASE) == chat.BASE_REPETITION_PENALTY
+    for mode in (chat.TUNED, chat.BOTH):  # the tuned model answers as evaluation scored it
+        assert chat.repetition_penalty_for("runs/x", mode) == \
+            GenerationSettings().repetition_penalty == 1.0

@@ -125,5 +125,9 @@ def build_chat_tab() -> None:
     clear.click(clear_chat, None, outputs, cancels=[ev1, ev2])
     mode.change(on_mode, mode, [single, pair])
     target.change(on_target_change, target, system)  # also when a refresh picks the first run
+    # A model as it is loops less with a repetition penalty; a tuned one answers as it trained.
+    penalty = generation[list(GENERATION_FIELDS).index("repetition_penalty")]
+    gr.on([target.change, mode.change], chat.repetition_penalty_for, [target, mode], penalty)
     seen = gr.State([])  # the choices this page offered, so a new run is picked when it appears
-    gr.on(refresh_triggers(refresh), refresh_targets, [target, seen], [target, seen, hint])
+    gr.on(refresh_triggers(refresh), refresh_targets, [target, seen], [target, seen, hint]).then(
+        chat.repetition_penalty_for, [target, mode], penalty)
