@@ -139,20 +139,57 @@ def finished_runs() -> list[Path]:
     return [r for r in runinfo.list_runs() if runinfo.result_dir(r) is not None]
 
 
-def targets(choice: str | None, mode: str = TUNED) -> tuple[Target, ...]:
-    """What answers for a picked run or model (`MODEL_PREFIX` + a model name) in a mode: one
+def offered_runs(owner: bool = True) -> list[Path]:
+    """The runs a caller may chat with, newest first: every finished run for the owner; for
+    visitors the runs the owner offered (`set_offered`), or when none was, the newest completed
+    run that was not withdrawn."""
+    from finetune import runinfo
+
+    runs = finished_runs()
+    if owner:
+        return runs
+    flags = {r: runinfo.read_status(r).get("offered") for r in runs}
+    chosen = [r for r in runs if flags[r] is True]
+    if chosen:
+        return chosen
+    completed = [r for r in runs if flags[r] is None
+                 and runinfo.read_status(r).get("state") == "completed"]
+    return completed[:1]
+
+
+def set_offered(run_dir: Path, offered: bool) -> None:
+    """Offer a run to visitors for chat (True), or withdraw it (False)."""
+    from finetune import runinfo
+
+    runinfo.update_status(run_dir, offered=bool(offered))
+
+
+def targets(choice: str | None, mode: str = TUNED, owner: bool = True) -> tuple[Target, ...]:
+    """What answers for a choice from the page: a run's name, or `MODEL_PREFIX` + a model (the
+    owner may name any model; a visitor the default one, or a run offered to visitors). One
     target, or (base, tuned) for BOTH."""
+    from finetune import runinfo
+    from finetune.config import DEFAULT_MODEL
+    from finetune.errors import AccessError
+
     if not choice:
         raise RunError("Pick a run or a model first (train a run in the Train tab if there is "
                        "none).")
     if choice.startswith(MODEL_PREFIX):
+        model = choice[len(MODEL_PREFIX):]
         if mode == BOTH:
             raise RunError("Side by side compares a run's base and tuned models: pick a run in "
                            "the list (train one in the Train tab if there is none).")
-        return (resolve_target(choice[len(MODEL_PREFIX):]),)
+        if not owner and model != DEFAULT_MODEL:
+            raise AccessError(f"Visitors may chat with {DEFAULT_MODEL} and the runs the owner "
+                              "offers, not with other models.")
+        return (resolve_target(model),)
+    run_dir = runinfo.named_run(choice)
+    if not owner and run_dir not in offered_runs(owner=False):
+        raise AccessError(f"Run '{choice}' is not offered to visitors: pick one in the list.")
     if mode == BOTH:
-        return resolve_target(choice, base=True), resolve_target(choice)
-    return (resolve_target(choice, base=(mode == BASE)),)
+        return resolve_target(run_dir, base=True), resolve_target(run_dir)
+    return (resolve_target(run_dir, base=(mode == BASE)),)
 
 
 def suggested_system(run_dir: str | Path) -> str:
@@ -196,15 +233,20 @@ def repetition_penalty_for(choice: str | None, mode: str = TUNED) -> float:
         GenerationSettings().repetition_penalty
 
 
-def system_for(choice: str | None) -> str | None:
+def system_for(choice: str | None, owner: bool = True) -> str | None:
     """The system prompt to suggest for a picked run (the model answers best with the one it
-    trained with); None for a model or a run that cannot be read, so the current one stays."""
+    trained with); None for a model, a run that cannot be read or (for a visitor) one that is
+    not offered, so the current prompt stays."""
+    from finetune import runinfo
     from finetune.errors import FinetuneError
 
     if not choice or choice.startswith(MODEL_PREFIX):
         return None
     try:
-        return suggested_system(choice)
+        run_dir = runinfo.named_run(choice)
+        if not owner and run_dir not in offered_runs(owner=False):
+            return None
+        return suggested_system(run_dir)
     except FinetuneError:
         return None
 
@@ -243,13 +285,13 @@ def chat_turn(target: Target, history: Iterable[Any] | None, message: str, syste
         yield history + [{"role": "assistant", "content": text + "(empty answer)"}]
 
 
-def side_by_side(choice: str | None, left: Iterable[Any] | None, right: Iterable[Any] | None,
-                 message: str, system: str = "", settings: GenerationSettings | None = None,
-                 cache: ModelCache = CACHE, log=print) -> Iterator[tuple[list[dict], list[dict]]]:
+def side_by_side(base: Target, tuned: Target, left: Iterable[Any] | None,
+                 right: Iterable[Any] | None, message: str, system: str = "",
+                 settings: GenerationSettings | None = None, cache: ModelCache = CACHE,
+                 log=print) -> Iterator[tuple[list[dict], list[dict]]]:
     """Both windows after `message` is sent to a run's base (left) and tuned (right) model.
 
     The two answer one after the other: on a CPU two at once would each run at half speed."""
-    base, tuned = targets(choice, BOTH)
     lefts = chat_turn(base, left, message, system, settings, cache, log)
     rights = chat_turn(tuned, right, message, system, settings, cache, log)
     shown_left, shown_right = next(lefts), next(rights)  # the message shows in both at once
@@ -258,6 +300,37 @@ def side_by_side(choice: str | None, left: Iterable[Any] | None, right: Iterable
         yield shown_left, shown_right
     for shown_right in rights:
         yield shown_left, shown_right
+
+
+def converse(choice: str | None, mode: str, message: str, histories: tuple, system: str = "",
+             settings: GenerationSettings | None = None, who=None, gate=None, client: str = "",
+             cache: ModelCache = CACHE, log=print) -> Iterator[tuple]:
+    """One message sent from the Chat tab (or the API): yields (single, left, right) windows as
+    they grow, None for the ones that do not change. `who` and `gate` (finetune.access) apply
+    the visitor rules: what they may pick, their limits and their place in the queue; without
+    them (the owner's own tools) there are none."""
+    import contextlib
+
+    from finetune.generation import flatten_content
+
+    single, left, right = histories
+    owner = who is None or who.owner
+    picked = targets(choice, mode, owner=owner)
+    settings = (settings or GenerationSettings()).validate()
+    if gate is not None:
+        shown = single if mode != BOTH else left
+        chars = len(message) + len(system or "") + sum(
+            len(flatten_content(m.get("content") if isinstance(m, dict) else m))
+            for m in shown or [])
+        settings = gate.admit(who, client, chars, settings)
+    with gate.slot(who) if gate is not None else contextlib.nullcontext():
+        if mode == BOTH:
+            for shown_left, shown_right in side_by_side(*picked, left, right, message, system,
+                                                        settings, cache, log):
+                yield None, shown_left, shown_right
+        else:
+            for shown in chat_turn(picked[0], single, message, system, settings, cache, log):
+                yield shown, None, None
 
 
 def answer_once(target: str | Path, prompt: str, system: str = "",

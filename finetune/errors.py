@@ -22,3 +22,11 @@ class DataError(FinetuneError):
 
 class RunError(FinetuneError):
     """A run directory is missing, busy or in a state that does not allow the action."""
+
+
+class AccessError(FinetuneError):
+    """The caller may not do this (a visitor asking for what only the owner may do)."""
+
+
+class LimitError(FinetuneError):
+    """A visitor limit was reached (input too long, too many requests, too many at once)."""

@@ -154,13 +154,21 @@ def evaluate_choice(run: str | None, test_file: str | None = None, on_file: bool
         raise RunError("Pick a finished run first (train one in the Train tab).")
     if on_file and not test_file:
         raise DataError("Upload a test file first, or evaluate on the run's test split.")
-    return evaluate_run(run, data=test_file if on_file else None, limit=limit, progress=progress,
-                        log=log)
+    return evaluate_run(runinfo.named_run(run), data=test_file if on_file else None, limit=limit,
+                        progress=progress, log=log)
 
 
 def load_report(run_dir: str | Path) -> dict | None:
     """The run's saved evaluation, or None."""
     return runinfo.read_json(Path(run_dir) / "eval.json")
+
+
+def saved_report(name: str) -> dict | None:
+    """The saved evaluation of the run of that name (as the page names runs), or None."""
+    try:
+        return load_report(runinfo.named_run(name))
+    except RunError:
+        return None
 
 
 def _rows(cfg, data: str | None, log) -> tuple[list[tuple[list[dict], str]], str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from finetune.bundled import (BUNDLED_NAME, BUNDLED_PACKAGE, bundled_dir, ensure_bundled,
                               is_bundled)
+from finetune.access import trust_remote_code
 from finetune.errors import ModelError
 
 __all__ = ["BUNDLED_NAME", "ModelSource", "bundled_dir", "context_from", "context_length",
@@ -136,7 +137,7 @@ def model_shape(source: ModelSource) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source.path)
+    config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code())
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     n_params = sum(p.numel() for p in model.parameters())
@@ -155,7 +156,7 @@ def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(source.path)
+        tok = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code())
     except Exception as e:  # noqa: BLE001 - any loader failure becomes one clear message
         raise ModelError(f"Could not load the tokenizer of {source.describe()}: {e}") from e
     if tok.pad_token is None:
@@ -173,7 +174,7 @@ def load_model(source: ModelSource, dtype: str = "fp32", quantize_4bit: bool = F
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    kwargs = {"dtype": torch_dtype}
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code()}
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from finetune import data, models, paths, plan
 from finetune.config import DEFAULT_MODEL, RunConfig
+from finetune.errors import DataError
 
 
 @dataclass
@@ -84,6 +85,33 @@ def split_report(analysis: data.Analysis, train_source: dict) -> dict:
 
 def uploads_dir() -> Path:
     return paths.home() / "uploads"
+
+
+def browser_source(text: str | None, role: str = "data") -> str:
+    """A data source as the page may name it: a bundled sample, a file in the uploads folder (or
+    a bundled sample's own file), or a Hub dataset id; never another path on the server (the CLI
+    takes any path: its user owns the machine). DataError otherwise."""
+    from finetune.data.readers import SAMPLES_DIR, is_hub_id
+
+    text = (text or "").strip()
+    if text.startswith("sample:") or (text and is_hub_id(text)):
+        return text
+    path = Path(text).expanduser()
+    if text and path.is_absolute():
+        resolved = path.resolve()
+        if any(resolved.is_relative_to(root.resolve()) for root in (uploads_dir(), SAMPLES_DIR)):
+            return text
+    raise DataError(f"The {role} '{text}' is not something the page can read: upload a file, "
+                    "pick a bundled sample, or name a Hub dataset (owner/name).")
+
+
+def check_browser_sources(cfg: RunConfig) -> RunConfig:
+    """A run started from the page reads only what the page may name (browser_source)."""
+    browser_source(cfg.data, "training data")
+    for role, value in (("validation file", cfg.val_data), ("test file", cfg.test_data)):
+        if value:
+            browser_source(value, role)
+    return cfg
 
 
 def keep_upload(temp_path: str) -> str:

@@ -36,6 +36,22 @@ def run_path(name_or_path: str | Path | None) -> Path:
                    f"(runs are under {paths.runs_dir()}).")
 
 
+def named_run(name: str | None) -> Path:
+    """A run given by its name alone, as the browser sends it: never a path, so nothing outside
+    the runs folder can be reached (the CLI's run_path also takes paths: its user owns the
+    machine)."""
+    name = (name or "").strip()
+    if not name:
+        return run_path(name)  # the "no run picked" message
+    if name in (".", "..") or "/" in name or "\\" in name or name.startswith("~") or "\0" in name:
+        raise RunError(f"'{name}' is not a run name: pick a run in the list (names only, no "
+                       "paths).")
+    path = paths.runs_dir() / name
+    if not (path / "config.yaml").is_file():
+        raise RunError(f"No run '{name}' (runs are under {paths.runs_dir()}).")
+    return path.resolve()
+
+
 def new_run_dir(hint: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", hint).strip("-")[:40] or "run"
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -187,11 +187,15 @@ def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
         return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
                                      end_reason="stopped before training began")
     except FinetuneError as e:
-        _log(run_dir, tee, f"error: {e}")
-        return runinfo.update_status(run_dir, state="failed", pid=None, error=str(e),
+        from finetune.access import scrub
+
+        _log(run_dir, tee, f"error: {scrub(str(e))}")
+        return runinfo.update_status(run_dir, state="failed", pid=None, error=scrub(str(e)),
                                      finished=time.time())
     except Exception as e:  # noqa: BLE001 - every failure ends up in status.json in words
-        _log(run_dir, tee, traceback.format_exc())
+        from finetune.access import scrub
+
+        _log(run_dir, tee, scrub(traceback.format_exc()))
         return runinfo.update_status(run_dir, state="failed", pid=None, error=explain(e),
                                      finished=time.time())
     finally:
@@ -201,8 +205,10 @@ def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
 
 
 def explain(e: BaseException) -> str:
-    """A failure in words a user can act on."""
-    text = f"{type(e).__name__}: {e}"
+    """A failure in words a user can act on (secrets scrubbed: it goes to status.json)."""
+    from finetune.access import scrub
+
+    text = scrub(f"{type(e).__name__}: {e}")
     if "out of memory" in text.lower() or isinstance(e, MemoryError):
         return ("Out of memory. Try: method 'qlora' (4-bit base model), a smaller batch size with "
                 "more gradient accumulation, gradient checkpointing 'on', or a shorter max length. "

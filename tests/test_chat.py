@@ -71,16 +71,17 @@ def test_cache_keeps_base_and_tuned_and_cli_answers(run, tiny_model, capsys):
     assert capsys.readouterr().out.strip()
 
 
-def test_chat_tab_side_by_side_streams_both(run):
+def test_chat_tab_side_by_side_streams_both(run, monkeypatch):
     from finetune import chat
     from finetune.ui import chat_tab
 
+    monkeypatch.setenv("FINETUNE_HOME", str(run.parent.parent))  # the page names runs
     import copy
 
     history = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
                {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}]
     steps = [copy.deepcopy(s) for s in chat_tab.send(
-        PROMPT, [], [], history, str(run), chat.BOTH, "", *widget_values(max_new_tokens=24))]
+        PROMPT, [], [], history, run.name, chat.BOTH, "", *widget_values(max_new_tokens=24))]
     steps = [(box, left, right) for box, _, left, right in steps]
     box, left, right = steps[-1]
     assert box == ""
@@ -107,13 +108,16 @@ def test_chat_tab_errors_are_messages(tiny_model, tmp_path, finetune_home):
     RunConfig(model=str(tiny_model)).save(busy / "config.yaml")
     gen = widget_values(max_new_tokens=8)
     with pytest.raises(gr.Error, match="no trained model yet"):
-        list(chat_tab.send("hi", [], [], [], str(busy), chat.TUNED, "", *gen))
+        list(chat_tab.send("hi", [], [], [], "busy", chat.TUNED, "", *gen))
+    for path in (str(busy), "../runs/busy", "/etc", ".."):  # the page names runs, never paths
+        with pytest.raises(gr.Error, match="is not a run name"):
+            list(chat_tab.send("hi", [], [], [], path, chat.TUNED, "", *gen))
     with pytest.raises(gr.Error, match="pick a run"):
         list(chat_tab.send("hi", [], [], [], chat.MODEL_PREFIX + "x", chat.BOTH, "", *gen))
     with pytest.raises(gr.Error, match="Pick a run or a model"):
         list(chat_tab.send("hi", [], [], [], None, chat.TUNED, "", *gen))
     with pytest.raises(gr.Error, match="max_new_tokens: 0 is outside 1..2048"):
-        list(chat_tab.send("hi", [], [], [], str(busy), chat.TUNED, "",
+        list(chat_tab.send("hi", [], [], [], "busy", chat.TUNED, "",
                            *widget_values(max_new_tokens=0)))
     # only finished runs are offered, and the bundled model always is
     choices = common.chat_choices()
@@ -128,10 +132,11 @@ def test_bundled_model_answers_through_its_chat_template(bundled_model):
     assert "Paris" in answer
 
 
-def test_picking_a_run_suggests_the_system_prompt_it_trained_with(run):
+def test_picking_a_run_suggests_the_system_prompt_it_trained_with(run, monkeypatch):
     from finetune.ui import chat_tab
 
-    assert chat_tab.on_target_change(str(run)).startswith("Extract the contact as JSON")
+    monkeypatch.setenv("FINETUNE_HOME", str(run.parent.parent))
+    assert chat_tab.on_target_change(run.name).startswith("Extract the contact as JSON")
 
 
 def test_a_model_as_it_is_gets_a_repetition_penalty_and_a_tuned_one_none():

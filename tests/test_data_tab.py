@@ -18,7 +18,10 @@ DEFAULTS = ("auto", "", False, False, False, 512)
 
 
 def show(source, *settings, current=None, model=DEFAULT_MODEL):
+    """The tab's outputs for `source`; a local file is uploaded first, as the page does."""
     settings = settings or DEFAULTS
+    if Path(source).is_file() and preview.uploads_dir() not in Path(source).parents:
+        source = preview.keep_upload(source)
     keys = ["understood", "problems", "plot", "table", "rows", "row_no", "rendered", "info", "state"]
     return dict(zip(keys, data_tab.show(source, *settings, model, current or {})))
 
@@ -106,7 +109,8 @@ def test_long_rows_dropped_on_request(tmp_path):
     path.write_text(json.dumps({"text": "word " * 300}) + "\n" + json.dumps({"text": "hi"}) + "\n")
     warned = show(str(path), "auto", "", False, False, False, 32)
     assert ("WARNING", "warning") in warned["problems"]
-    assert warned["state"]["data"] == str(path)  # nothing changed: training reads the file itself
+    # nothing changed: training reads the uploaded file itself
+    assert warned["state"]["data"] == str(preview.uploads_dir() / "t.jsonl")
     dropped = show(str(path), "auto", "", False, False, True, 32)
     assert "1 too long" in dropped["understood"]
     assert data.load(dropped["state"]["data"]).rows == [{"text": "hi"}]
@@ -120,3 +124,13 @@ def test_example_view_and_next_step():
     with gr.Blocks():
         data_tab.build_data_tab(gr.State({}), gr.State(DEFAULT_MODEL))
     assert "Train" in data_tab.NEXT
+
+
+def test_the_page_reads_no_server_path(tmp_path, finetune_home):
+    secret = tmp_path / "secrets.jsonl"
+    secret.write_text('{"text": "HF_TOKEN=hf_not_for_you"}\n')
+    for source in (str(secret), "/etc/passwd", "../../etc/passwd", str(finetune_home / "x.jsonl")):
+        out = dict(zip(["understood", "problems"], data_tab.show(source, *DEFAULTS, DEFAULT_MODEL,
+                                                                  {})))
+        assert "not something the page can read" in out["problems"][1][0]
+        assert "hf_not_for_you" not in str(out)

@@ -163,31 +163,33 @@ def test_cli_eval_json(trained_run, capsys):
     assert "limit must be at least 1" in capsys.readouterr().err
 
 
-def test_evaluate_tab_shows_saved_report_and_filters(trained_run):
+def test_evaluate_tab_shows_saved_report_and_filters(trained_run, monkeypatch):
     import gradio as gr
 
     from finetune.ui import evaluate_tab
 
+    monkeypatch.setenv("FINETUNE_HOME", str(trained_run.parent.parent))  # the page names runs
+
     calls = []
     summary, metric_rows, example_rows, _ = evaluate_tab.run_evaluation(
-        str(trained_run), evaluate_tab.OWN_SPLIT, None, 3, "all",
+        trained_run.name, evaluate_tab.OWN_SPLIT, None, 3, "all",
         progress=lambda f, desc=None: calls.append(f))
     assert "3" in summary and calls and metric_rows[0][0] == "exact match"
     assert len(example_rows) == 3 and example_rows[0][4] in ("✓", "✗")
 
     # picking the run again shows the saved evaluation without recomputing
-    again = evaluate_tab.show_saved(str(trained_run), "all")
+    again = evaluate_tab.show_saved(trained_run.name, "all")
     assert again[1] == metric_rows and again[2] == example_rows
-    assert evaluate_tab.filter_examples(str(trained_run), "both right") == \
+    assert evaluate_tab.filter_examples(trained_run.name, "both right") == \
         [r for r in example_rows if r[4] == "✓" and r[5] == "✓"]
     with pytest.raises(gr.Error, match="Upload a test file"):
-        evaluate_tab.run_evaluation(str(trained_run), evaluate_tab.A_FILE, None, None, "all",
+        evaluate_tab.run_evaluation(trained_run.name, evaluate_tab.A_FILE, None, None, "all",
                                     progress=lambda *a, **k: None)
     with pytest.raises(gr.Error, match="Pick a finished run"):
         evaluate_tab.run_evaluation(None, evaluate_tab.OWN_SPLIT, None, None, "all",
                                     progress=lambda *a, **k: None)
     with pytest.raises(gr.Error, match="limit must be at least 1"):
-        evaluate_tab.run_evaluation(str(trained_run), evaluate_tab.OWN_SPLIT, None, 0, "all",
+        evaluate_tab.run_evaluation(trained_run.name, evaluate_tab.OWN_SPLIT, None, 0, "all",
                                     progress=lambda *a, **k: None)
     # the tab builds inside a gr.Tab and offers only finished runs
     with gr.Blocks(), gr.Tab("Evaluate"):

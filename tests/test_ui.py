@@ -53,7 +53,7 @@ def test_pickers_survive_a_broken_run(finetune_home):
     from finetune.models import BUNDLED_NAME
     from finetune.ui import chat_tab, common, evaluate_tab
 
-    run = str(corrupt_run(finetune_home))
+    run = corrupt_run(finetune_home).name
     assert common.chat_choices() == [
         ("broken (?)", run), (f"{BUNDLED_NAME} (bundled, not fine-tuned)",
                               chat.MODEL_PREFIX + BUNDLED_NAME)]
@@ -73,7 +73,7 @@ def test_a_run_trained_since_the_page_looked_is_picked_first(finetune_home):
     bundled = chat.MODEL_PREFIX + BUNDLED_NAME
     dropdown, seen, hint = chat_tab.refresh_targets(bundled, [])  # page load, no run yet
     assert dropdown.value == bundled and "No finished run yet" in hint
-    run = str(corrupt_run(finetune_home))  # a run finishes while the page is open
+    run = corrupt_run(finetune_home).name  # a run finishes while the page is open
     dropdown, seen, hint = chat_tab.refresh_targets(bundled, seen)  # the tab is selected again
     assert dropdown.value == run and hint == ""
     # Once seen, a choice the person makes stays.

@@ -68,11 +68,18 @@ def read(source: str, log: ProblemLog) -> RawTable:
     if path.is_dir():
         raise DataError(f"{source} is a folder; point to one data file "
                         f"({', '.join(FILE_TYPES)}).")
-    match = _HUB_ID.match(source)
-    if match and path.suffix.lower() not in FILE_TYPES and not source.startswith((".", "/", "~")):
+    if is_hub_id(source):
+        match = _HUB_ID.match(source)
         return read_hub(match["repo"], match["config"], match["split"])
     raise DataError(f"File {source} does not exist. Give a path to a data file "
                     f"({', '.join(FILE_TYPES)}), sample:NAME, or a Hub id such as 'owner/name'.")
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether `source` reads as a Hub dataset id (owner/name[:config][@split]), not a file."""
+    path = Path(source)
+    return bool(_HUB_ID.match(source)) and path.suffix.lower() not in FILE_TYPES \
+        and not source.startswith((".", "/", "~")) and not path.exists()
 
 
 def read_file(path: Path, log: ProblemLog) -> RawTable:

@@ -13,34 +13,39 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from finetune import chat
+from finetune import chat, runinfo
 from finetune.config import GENERATION_FIELDS, GenerationSettings
 from finetune.models import BUNDLED_NAME
 from finetune.ui.common import (BUNDLED_CHOICE, chat_choices, picker, refresh_triggers,
                                 user_errors)
+from finetune.ui.guard import for_visitors
 
 MODES = [("Tuned", chat.TUNED), ("Base", chat.BASE), ("Side by side", chat.BOTH)]
 NO_RUN_HINT = ("No finished run yet: train one in the **Train** tab. Meanwhile you can chat with "
                f"the bundled {BUNDLED_NAME} as it is.")
 
 
-def refresh_targets(current: str | None, seen: list | None):
-    """The dropdown with the runs there are now (a run trained since the page last looked is
-    picked), the values seen, and the hint when there is no run."""
-    choices = chat_choices()
+@for_visitors
+def refresh_targets(current: str | None, seen: list | None, caller=None):
+    """The dropdown with what this caller may chat with now (a run trained since the page last
+    looked is picked), the values seen, and the hint when there is no run."""
+    choices = chat_choices(owner=_owner(caller))
     dropdown, seen = picker(choices, current, seen or [])
     return dropdown, seen, "" if len(choices) > 1 else NO_RUN_HINT
 
 
-def on_target_change(choice: str | None):
+@for_visitors
+def on_target_change(choice: str | None, caller=None):
     """Suggest the run's own system prompt (the model answers best with it)."""
-    system = chat.system_for(choice)
+    system = chat.system_for(choice, owner=_owner(caller))
     return gr.skip() if system is None else system
 
 
+@for_visitors
 @user_errors
 def send(message: str, single: list | None, left: list | None, right: list | None,
-         choice: str | None, mode: str, system: str, *generation) -> Iterator[tuple[Any, ...]]:
+         choice: str | None, mode: str, system: str, *generation,
+         caller=None) -> Iterator[tuple[Any, ...]]:
     """One Send button for both layouts; streams (textbox, chat, left, right). Side by side
     sends the message to the base model (left) and the tuned one (right)."""
     if not (message or "").strip():
@@ -48,21 +53,39 @@ def send(message: str, single: list | None, left: list | None, right: list | Non
         return
     settings = GenerationSettings.from_dict(dict(zip(GENERATION_FIELDS, generation)),
                                             source="Generation settings")
-    if mode == chat.BOTH:
-        for shown_left, shown_right in chat.side_by_side(choice, left, right, message, system,
-                                                         settings):
-            yield "", gr.skip(), shown_left, shown_right
-    else:
-        (target,) = chat.targets(choice, mode)
-        for shown in chat.chat_turn(target, single, message, system, settings):
-            yield "", shown, gr.skip(), gr.skip()
+    rules = (caller.who, caller.gate, caller.client) if caller else (None, None, "")
+    for shown in chat.converse(choice, mode, message, (single, left, right), system, settings,
+                               *rules):
+        yield "", *(gr.skip() if window is None else window for window in shown)
 
 
+@user_errors
+def offer(choice: str | None, offered: bool):
+    """The owner offers the picked run to visitors, or withdraws it."""
+    chat.set_offered(runinfo.named_run(choice), offered)
+    return offer_note(choice)
+
+
+@for_visitors
+def offer_note(choice: str | None, caller=None):
+    """Whether visitors may chat with the picked run (the checkbox), for the owner only."""
+    if not _owner(caller) or not choice or choice.startswith(chat.MODEL_PREFIX):
+        return gr.update(visible=False, value=False)
+    offered = runinfo.named_run(choice) in chat.offered_runs(owner=False)
+    return gr.update(visible=True, value=offered)
+
+
+def _owner(caller) -> bool:
+    return caller is None or caller.who.owner
+
+
+@for_visitors
 def on_mode(mode: str):
     both = mode == chat.BOTH
     return gr.update(visible=not both), gr.update(visible=both)
 
 
+@for_visitors
 def clear_chat():
     return "", [], [], []
 
@@ -98,6 +121,9 @@ def build_chat_tab() -> None:
         mode = gr.Radio(MODES, value=chat.TUNED, label="Answer with", scale=3,
                         info="Tuned: the run's model with its adapter merged. Base: the model it "
                         "started from.")
+    offered = gr.Checkbox(label="Visitors may chat with this run", visible=False,
+                          info="Visitors of the public link see the runs you offer, or when you "
+                          "offer none, the newest completed run.")
     single = gr.Chatbot(label="Chat", height=440, buttons=["copy"])
     with gr.Row(visible=False) as pair:
         left = gr.Chatbot(label="Base model", height=440, buttons=["copy"])
@@ -125,9 +151,12 @@ def build_chat_tab() -> None:
     clear.click(clear_chat, None, outputs, cancels=[ev1, ev2])
     mode.change(on_mode, mode, [single, pair])
     target.change(on_target_change, target, system)  # also when a refresh picks the first run
+    target.change(offer_note, target, offered)
+    offered.input(offer, [target, offered], offered)
     # A model as it is loops less with a repetition penalty; a tuned one answers as it trained.
     penalty = generation[list(GENERATION_FIELDS).index("repetition_penalty")]
-    gr.on([target.change, mode.change], chat.repetition_penalty_for, [target, mode], penalty)
+    gr.on([target.change, mode.change], for_visitors(chat.repetition_penalty_for), [target, mode],
+          penalty)
     seen = gr.State([])  # the choices this page offered, so a new run is picked when it appears
     gr.on(refresh_triggers(refresh), refresh_targets, [target, seen], [target, seen, hint]).then(
-        chat.repetition_penalty_for, [target, mode], penalty)
+        for_visitors(chat.repetition_penalty_for), [target, mode], penalty)

@@ -17,30 +17,30 @@ BUNDLED_CHOICE = (f"{BUNDLED_NAME} (bundled, not fine-tuned)", chat.MODEL_PREFIX
 
 
 def run_choices() -> list[tuple[str, str]]:
-    """(label, path) for every run, newest first (the Train tab)."""
+    """(label, run name) for every run, newest first (the Train tab)."""
     from finetune import jobs, runinfo
 
     out = []
     for run_dir in runinfo.list_runs():
         state = jobs.status(run_dir).get("state", "?")
-        out.append((f"{run_dir.name} ({state})", str(run_dir)))
+        out.append((f"{run_dir.name} ({state})", run_dir.name))
     return out
 
 
 def evaluate_choices() -> list[tuple[str, str]]:
-    """(label, path) of runs with trained weights, newest first; the label says if evaluated
-    (the Evaluate tab)."""
-    return [(f"{run.name}{' · evaluated' if (run / 'eval.json').is_file() else ''}", str(run))
+    """(label, run name) of runs with trained weights, newest first; the label says if
+    evaluated (the Evaluate tab)."""
+    return [(f"{run.name}{' · evaluated' if (run / 'eval.json').is_file() else ''}", run.name)
             for run in chat.finished_runs()]
 
 
-def chat_choices() -> list[tuple[str, str]]:
-    """(label, value): finished runs newest first, then the bundled model as it is (the Chat
-    tab)."""
+def chat_choices(owner: bool = True) -> list[tuple[str, str]]:
+    """(label, value): the runs this caller may chat with (every finished run for the owner, the
+    offered ones for visitors) newest first, then the bundled model as it is (the Chat tab)."""
     from finetune import runinfo
 
-    return [(f"{run.name} ({runinfo.read_status(run).get('state', '?')})", str(run))
-            for run in chat.finished_runs()] + [BUNDLED_CHOICE]
+    return [(f"{run.name} ({runinfo.read_status(run).get('state', '?')})", run.name)
+            for run in chat.offered_runs(owner)] + [BUNDLED_CHOICE]
 
 
 def picker(choices: list[tuple[str, str]], current: str | None, seen: list | None = None):
@@ -71,11 +71,14 @@ def refresh_triggers(button) -> list:
 
 
 def user_errors(fn):
-    """Show FinetuneError messages to the user as gr.Error; the app keeps running.
+    """Show FinetuneError messages to the user as gr.Error, with any secret scrubbed out; the
+    app keeps running.
 
     Works on generator handlers too (streaming), which must stay generator functions for
     Gradio to stream them."""
     import gradio as gr
+
+    from finetune.access import scrub
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -83,7 +86,7 @@ def user_errors(fn):
             try:
                 yield from fn(*args, **kwargs)
             except FinetuneError as e:
-                raise gr.Error(str(e), duration=None) from None
+                raise gr.Error(scrub(str(e)), duration=None) from None
 
         return stream
 
@@ -92,6 +95,6 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except FinetuneError as e:
-            raise gr.Error(str(e), duration=None) from None
+            raise gr.Error(scrub(str(e)), duration=None) from None
 
     return wrapper

@@ -136,8 +136,9 @@ def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_len
     """Everything the tab shows for one source, counted for the Train tab's model; on a
     DataError the problems panel says why and the Train tab keeps what it had."""
     try:
-        view = preview.data_view(source, fmt, mapping_text, mask_emails, mask_phones, drop_long,
-                                 int(max_length) if max_length else None, model)
+        view = preview.data_view(preview.browser_source(source), fmt, mapping_text, mask_emails,
+                                 mask_phones, drop_long, int(max_length) if max_length else None,
+                                 model)
     except DataError as e:
         return failed(source, e, current)
     a = view.analysis

@@ -52,11 +52,11 @@ def show_saved(run_value: str | None, which: str):
     """The run's eval.json, if it has one: (summary, metric rows, example rows)."""
     if not run_value:
         return NO_RUN, [], []
-    return _views(evaluate.load_report(run_value), which)
+    return _views(evaluate.saved_report(run_value), which)
 
 
 def filter_examples(run_value: str | None, which: str):
-    report = evaluate.load_report(run_value) if run_value else None
+    report = evaluate.saved_report(run_value) if run_value else None
     return evaluate.example_rows(report, which) if report else []
 
 

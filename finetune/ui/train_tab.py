@@ -11,7 +11,7 @@ import shlex
 
 import gradio as gr
 
-from finetune import config
+from finetune import config, preview
 from finetune.ui.common import run_choices, user_errors
 
 BASIC = ["model", "data", "method", "name"]
@@ -92,15 +92,16 @@ def status_markdown(st: dict, run_name: str) -> str:
     return "  \n".join(parts)
 
 
-def live_view(run_path: str | None):
-    """Status text, loss and learning-rate frames, log tail and whether to keep polling."""
-    from pathlib import Path
-
+def live_view(name: str | None):
+    """Status text, loss and learning-rate frames, log tail and whether to keep polling, for
+    the run of that name."""
     from finetune import jobs, runinfo
+    from finetune.errors import RunError
 
-    if not run_path:
+    try:
+        run_dir = runinfo.named_run(name)
+    except RunError:  # none picked, or deleted meanwhile
         return status_markdown({}, ""), _frame([]), _frame([]), "", False
-    run_dir = Path(run_path)
     st, curves = jobs.status(run_dir), runinfo.curves(run_dir)
     text = status_markdown(st, run_dir.name)
     if curves["tokens_per_s"]:
@@ -180,7 +181,7 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
     def check(*values):
         from finetune import plan
 
-        cfg = config_from_widgets(names, list(values))
+        cfg = preview.check_browser_sources(config_from_widgets(names, list(values)))
         return show_plan(plan.plan(cfg), cfg)
 
     check_btn.click(check, widgets, [plan_df, yaml_box, cli_box])
@@ -194,26 +195,26 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
         from finetune import jobs
 
         choices = run_choices()
-        paths = [p for _, p in choices]
-        if selected not in paths:
+        names = [name for _, name in choices]
+        if selected not in names:
             active = jobs.active_run()
-            selected = str(active) if active else (paths[0] if paths else None)
+            selected = active.name if active else (names[0] if names else None)
         pick = gr.skip() if choices == shown else gr.update(choices=choices, value=selected)
         return pick, pd.DataFrame(jobs.runs_table()), choices
 
-    def tick(run_path, shown=None):
+    def tick(name, shown=None):
         """One poll: the run's status, curves and log, and the runs as they are now."""
-        text, loss, lr, log, active = live_view(run_path)
-        return (text, loss, lr, log, gr.Timer(active=active), *refresh(run_path, shown))
+        text, loss, lr, log, active = live_view(name)
+        return (text, loss, lr, log, gr.Timer(active=active), *refresh(name, shown))
 
     @user_errors
     def start(*values, progress=gr.Progress()):
         from finetune import jobs
 
-        cfg = config_from_widgets(names, list(values))
+        cfg = preview.check_browser_sources(config_from_widgets(names, list(values)))
         progress(0.1, desc="Resolving settings (the first run prepares the bundled model)")
         planned = jobs.launch(cfg)
-        return (*show_plan(planned, cfg), *refresh(str(planned.run_dir)), gr.Timer(active=True))
+        return (*show_plan(planned, cfg), *refresh(planned.run_dir.name), gr.Timer(active=True))
 
     shown = gr.State([])  # the picker's choices as last sent to the page
     listing = [run_pick, runs_df, shown]
@@ -227,11 +228,11 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
         """A button that acts on the picked run (stop, resume), then shows it."""
 
         @user_errors
-        def handler(run_path, shown):
+        def handler(name, shown):
             from finetune import jobs, runinfo
 
-            getattr(jobs, action)(runinfo.run_path(run_path))
-            return tick(run_path, shown)  # a resumed run is active again, so polling restarts
+            getattr(jobs, action)(runinfo.named_run(name))
+            return tick(name, shown)  # a resumed run is active again, so polling restarts
 
         return handler
 
