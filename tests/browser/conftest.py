@@ -33,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SAMPLES = REPO / "finetune" / "samples"
 # The order a person goes through the app; tests/browser modules run in this order.
-FLOW = ["test_data_tab", "test_train_tab", "test_evaluate_tab", "test_chat_tab", "test_resume"]
+FLOW = ["test_browser_data", "test_browser_train", "test_browser_evaluate", "test_browser_chat",
+        "test_browser_resume"]
 DOC_SHOTS = ["data", "train", "evaluate", "chat"]  # copied to docs/screenshots/ on request
 
 
@@ -44,10 +45,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test here `browser` and run the modules in FLOW order (other tests keep
-    their places)."""
-    slots = [i for i, item in enumerate(items) if HERE in Path(str(item.fspath)).parents]
-    ours = [items[i] for i in slots]
+    """Mark every test here `browser` and run them last (the slow ones), modules in FLOW order."""
+    ours = [item for item in items if HERE in Path(str(item.fspath)).parents]
     for item in ours:
         item.add_marker(pytest.mark.browser)
 
@@ -55,8 +54,8 @@ def pytest_collection_modifyitems(config, items):
         stem = Path(str(item.fspath)).stem
         return FLOW.index(stem) if stem in FLOW else len(FLOW)
 
-    for slot, item in zip(slots, sorted(ours, key=rank)):
-        items[slot] = item
+    mine = set(map(id, ours))
+    items[:] = [item for item in items if id(item) not in mine] + sorted(ours, key=rank)
 
 
 def find_chromium() -> str | None:

@@ -1,6 +1,6 @@
 """Train tab in Chromium: start a short run of a tiny model, watch it, see it completed.
 
-    python -m pytest -q tests/browser/test_train_tab.py
+    python -m pytest -q tests/browser/test_browser_train.py
 
 The run itself is the session fixture `trained_run` (conftest.py): typed into the Train tab,
 started with the button and watched in that same tab until it ended.

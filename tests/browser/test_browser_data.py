@@ -1,7 +1,7 @@
 """Data tab in Chromium: upload a good file and a broken one; see what was understood, the rows,
 the token histogram and each problem with its line.
 
-    python -m pytest -q tests/browser/test_data_tab.py
+    python -m pytest -q tests/browser/test_browser_data.py
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def _shown(page, file_name: str, rows_read: int) -> Shown:
     understood.filter(has_text=f"Rows: {rows_read} read").wait_for()
     webui.wait_idle(page)
     # The histogram is drawn after the text; give it time to catch up before reading it.
-    for _ in range(10):
+    for _ in range(6):
         if _bars_total(page) in (0, rows_read, rows_read - 1):
             break
-        page.wait_for_timeout(300)
+        page.wait_for_timeout(250)
     table = webui.dataframe(page, "Rows (first 200, after cleaning)")
     return Shown(understood=understood.inner_text(),
                  problems=webui.block(page, "Problems").first.inner_text(),

@@ -1,7 +1,7 @@
 """Chat tab in Chromium: talk to the run trained in the Train tab, alone and side by side with
 its base model; answers stream in.
 
-    python -m pytest -q tests/browser/test_chat_tab.py
+    python -m pytest -q tests/browser/test_browser_chat.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluate tab in Chromium: evaluate the run trained in the Train tab; see base vs tuned.
 
-    python -m pytest -q tests/browser/test_evaluate_tab.py
+    python -m pytest -q tests/browser/test_browser_evaluate.py
 """
 
 from __future__ import annotations

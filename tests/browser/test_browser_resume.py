@@ -1,6 +1,6 @@
 """Stop and Resume from the Train tab, and Resume after the training process was killed (kill -9).
 
-    python -m pytest -q tests/browser/test_resume.py
+    python -m pytest -q tests/browser/test_browser_resume.py
 
 Each run here is long (400 steps) so it is still training when the test acts on it; a
 checkpoint every 5 steps gives Resume something to continue from.
