@@ -77,11 +77,12 @@ def test_a_new_tab_shows_the_finished_run_with_its_curves(trained_run, browser, 
         page.wait_for_function(
             """() => [...document.querySelectorAll('path[aria-roledescription="line mark"]')]
                      .filter(p => (p.getAttribute('d') || '').length > 0).length >= 3""")
-        loss = {m["label"].split("series: ")[-1]: m["points"] for m in webui.line_marks(page, "loss")}
-        assert loss.get("train") == RUN_STEPS, loss  # one point a step
+        loss = {m["label"].split("series: ")[-1]: m["points"]
+                for m in webui.line_marks(page, "loss")}
+        assert loss.get("train", 0) >= RUN_STEPS, loss  # a point a step
         assert loss.get("validation", 0) >= 2, loss  # validated every 10 steps
         lr = webui.line_marks(page, "learning rate")
-        assert lr and lr[0]["points"] == RUN_STEPS, lr
+        assert lr and lr[0]["points"] >= RUN_STEPS, lr
         assert "train" in webui.legend_text(page, "loss")
         webui.shoot(page, shots, "train")
     finally:

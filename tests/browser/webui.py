@@ -76,8 +76,8 @@ def busy_trackers(page: Page) -> int:
     return page.evaluate(
         """() => [...document.querySelectorAll('[data-testid=status-tracker]')]
                  .filter(e => !e.classList.contains('hide') && e.offsetParent !== null
-                              && (e.classList.contains('pending') || e.classList.contains('generating')
-                                  || e.querySelector('.progress-text, .eta-bar, .loader, .progress-bar')))
+                     && (e.classList.contains('pending') || e.classList.contains('generating')
+                         || e.querySelector('.progress-text, .eta-bar, .loader, .progress-bar')))
                  .length""")
 
 
@@ -117,7 +117,8 @@ def line_marks(page: Page, title: str) -> list[dict]:
         return []
     return svg.first.evaluate(
         """svg => [...svg.querySelectorAll('path[aria-roledescription="line mark"]')]
-                  .map(p => ({d: p.getAttribute('d') || '', label: p.getAttribute('aria-label') || '',
+                  .map(p => ({d: p.getAttribute('d') || '',
+                              label: p.getAttribute('aria-label') || '',
                               stroke: p.getAttribute('stroke') || ''}))
                   .filter(m => m.d.length > 0)
                   .map(m => ({...m, points: (m.d.match(/[ML]/g) || []).length}))""")
@@ -202,7 +203,8 @@ def shoot(page: Page, folder: Path, name: str) -> Path:
 
 # --- the Train tab ----------------------------------------------------------------------------
 
-STATUS_RE = re.compile(r"(?P<name>[\w.-]+): (?P<state>[a-z]+), step (?P<step>\d+) of (?P<total>\S+)")
+STATUS_RE = re.compile(
+    r"(?P<name>[\w.-]+): (?P<state>[a-z]+), step (?P<step>\d+) of (?P<total>\S+)")
 
 
 def status_text(page: Page) -> str:
