@@ -83,8 +83,9 @@ def table_frame(rows: list[dict], lengths: list[int], limit: int = PREVIEW_ROWS)
 
 
 def histogram_plot(lengths: list[int], max_length: int | None):
-    frame = data.histogram(lengths, max_length)
-    return gr.BarPlot(value=frame, sort=list(frame["tokens"]))
+    """The data alone: an update that also changed the plot's `sort` kept the old bars (Gradio
+    6.31 rebuilds its view from the data it prepared the time before)."""
+    return data.histogram(lengths, max_length)
 
 
 def render(rows: list[dict], index, max_length, counter: data.TokenCounter) -> tuple[list, str]:

@@ -18,6 +18,7 @@ BASIC = ["model", "data", "method", "name"]
 GROUP_TITLES = {"data": "Data", "lora": "LoRA", "schedule": "Schedule", "machine": "Machine",
                 "evaluation": "Validation and stopping"}
 POLL_S = 2.0
+LOSS_SERIES, LR_SERIES = ("train", "validation"), ("learning rate",)
 
 
 def _widget(name: str):
@@ -101,20 +102,27 @@ def live_view(name: str | None):
     try:
         run_dir = runinfo.named_run(name)
     except RunError:  # none picked, or deleted meanwhile
-        return status_markdown({}, ""), _frame([]), _frame([]), "", False
+        return status_markdown({}, ""), _frame([], LOSS_SERIES), _frame([], LR_SERIES), "", False
     st, curves = jobs.status(run_dir), runinfo.curves(run_dir)
     text = status_markdown(st, run_dir.name)
     if curves["tokens_per_s"]:
         text += f"  \n{curves['tokens_per_s']:.0f} tokens/s (median of the last 5 steps)"
     lr = [(step, value, "learning rate") for step, value in curves["lr"]]
-    return (text, _frame(curves["loss"]), _frame(lr), runinfo.log_tail(run_dir),
-            st.get("state") in jobs.ACTIVE)
+    return (text, _frame(curves["loss"], LOSS_SERIES), _frame(lr, LR_SERIES),
+            runinfo.log_tail(run_dir), st.get("state") in jobs.ACTIVE)
 
 
-def _frame(points: list[tuple]):
+def _frame(points: list[tuple], series: tuple[str, ...]):
+    """Plot data with numeric step/value and text series columns, and one empty (NaN) row for
+    every series: Gradio's plot fixes its field types and colours from the first value it gets,
+    so that value must already have the right types and every series (an empty frame drew no
+    line and a '-Infinity' legend for the whole run)."""
     import pandas as pd
 
-    return pd.DataFrame(points, columns=["step", "value", "series"])
+    rows = [(float("nan"), float("nan"), name) for name in series] + \
+        [(float(step), float(value), name) for step, value, name in points]
+    frame = pd.DataFrame(rows, columns=["step", "value", "series"])
+    return frame.astype({"step": "float64", "value": "float64", "series": "object"})
 
 
 def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State) -> None:
@@ -159,8 +167,10 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
         refresh_btn = gr.Button("Refresh", scale=1)
     status_md = gr.Markdown()
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="loss", height=260)
-        lr_plot = gr.LinePlot(x="step", y="value", color="series", title="learning rate", height=260)
+        loss_plot = gr.LinePlot(_frame([], LOSS_SERIES), x="step", y="value", color="series",
+                                title="loss", height=260)
+        lr_plot = gr.LinePlot(_frame([], LR_SERIES), x="step", y="value", color="series",
+                              title="learning rate", height=260)
     with gr.Accordion("Log (last lines)", open=False):
         log_box = gr.Code(label="train.log", lines=12)
     gr.Markdown("### All runs")
@@ -219,7 +229,8 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
     shown = gr.State([])  # the picker's choices as last sent to the page
     listing = [run_pick, runs_df, shown]
     live = [status_md, loss_plot, lr_plot, log_box, timer, *listing]
-    start_btn.click(start, widgets, [plan_df, yaml_box, cli_box, *listing, timer]).then(
+    start_btn.click(start, widgets, [plan_df, yaml_box, cli_box, *listing, timer],
+                    show_progress_on=plan_df).then(
         tick, [run_pick, shown], live)
     timer.tick(tick, [run_pick, shown], live)
     run_pick.input(tick, [run_pick, shown], live)  # a person's pick (updates from here: no loop)

@@ -128,6 +128,15 @@ class App:
     def __init__(self, url: str, home: Path, log: Path):
         self.url, self.home, self.log = url, home, log
 
+    def uploaded(self, path: Path) -> Path:
+        """The file as the app keeps an upload (the page names no other server path)."""
+        import shutil
+
+        target = self.home / "uploads" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return target
+
     def log_tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -221,7 +230,8 @@ def trained_run(browser, app, tiny_model, data_files, shots) -> RunSeen:
     """The tiny model trained on good.jsonl for RUN_STEPS steps from the Train tab, watched
     until it ends; the tab stays open so tests can read what it shows afterwards."""
     page = open_app(browser, app)
-    webui.fill_training(page, tiny_model, data_files["good"], max_steps=RUN_STEPS, eval_steps=10,
+    webui.fill_training(page, tiny_model, app.uploaded(data_files["good"]), max_steps=RUN_STEPS,
+                        eval_steps=10,
                         save_steps=RUN_STEPS)
     page.get_by_role("button", name="Start training").click()
     seen = RunSeen(page=page)

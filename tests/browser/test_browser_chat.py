@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 
 import webui
 
@@ -54,8 +53,6 @@ def _wait_answer(page, label: str) -> None:
     webui.wait_idle(page, timeout=120)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: after training, the Chat tab offers the bundled "
-                                       "base model first instead of the run just trained")
 def test_the_chat_offers_the_run_just_trained(trained_run, page):
     webui.tab(page, "Chat")
     webui.wait_idle(page)

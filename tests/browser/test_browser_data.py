@@ -13,7 +13,6 @@ import pytest
 
 import webui
 
-HISTOGRAM_BUG = "issue 18: the token histogram keeps showing the previous data's histogram"
 
 
 @dataclass
@@ -94,13 +93,11 @@ def test_a_good_file_shows_what_was_understood_and_its_rows(uploads):
     assert len(good.rows) >= 5  # the rows on screen (the table scrolls)
 
 
-@pytest.mark.xfail(strict=True, reason=HISTOGRAM_BUG + " (after any new upload)")
 def test_the_histogram_counts_the_uploaded_file(uploads):
     bars = uploads["good"].bars
     assert sum(int(b["rows"]) for b in bars) == 48, bars
 
 
-@pytest.mark.xfail(strict=True, reason=HISTOGRAM_BUG + " after an unusable file is uploaded")
 def test_the_histogram_forgets_the_previous_file_after_an_unusable_one(uploads):
     bars = uploads["bad"].bars
     total = sum(int(b["rows"]) for b in bars)

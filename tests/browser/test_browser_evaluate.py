@@ -57,8 +57,6 @@ def test_the_run_is_offered_and_evaluated_base_vs_tuned(evaluation, trained_run)
     assert evaluation["examples"], "no example rows under the metrics"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the Evaluate tab shows the same progress bar "
-                                       "several times (once per output) while an evaluation runs")
 def test_one_progress_bar_while_evaluating(evaluation):
     seen = evaluation["bars_seen"]
     assert seen, "no progress bar was seen while the evaluation ran"

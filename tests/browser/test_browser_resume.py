@@ -18,12 +18,11 @@ import pytest
 import webui
 
 STEPS = 400
-RESUME_BUG = ("issue 18: Resume from the Train tab fails: the resumed process finds its own "
-              "status 'starting' and stops with \"is still starting; nothing to resume\"")
 
 
-def _start_long_run(page, tiny_model, data_files) -> dict:
-    webui.fill_training(page, tiny_model, data_files["good"], max_steps=STEPS, eval_steps=STEPS,
+def _start_long_run(page, app, tiny_model, data_files) -> dict:
+    webui.fill_training(page, tiny_model, app.uploaded(data_files["good"]), max_steps=STEPS,
+                        eval_steps=STEPS,
                         save_steps=5)
     page.get_by_role("button", name="Start training").click()
     return webui.wait_status(page, lambda s: s["state"] == "running" and s["step"] >= 6,
@@ -62,7 +61,7 @@ def _end(page) -> None:
 def stopped(browser, app, tiny_model, data_files, shots):
     """A tab whose run was stopped with the Stop button while it trained."""
     page = webui.open_app(browser, app)
-    running = _start_long_run(page, tiny_model, data_files)
+    running = _start_long_run(page, app, tiny_model, data_files)
     _press(page, "Stop")
     st = webui.wait_status(page, lambda s: s["state"] in webui.FINAL, timeout=60)
     webui.shoot(page, shots, "train-stopped")
@@ -79,19 +78,17 @@ def test_stop_ends_the_run_with_a_checkpoint_to_resume_from(stopped):
     assert "Press Resume to continue" in st["text"]
 
 
-@pytest.mark.xfail(strict=True, reason=RESUME_BUG)
 def test_resume_continues_a_stopped_run(stopped):
     page = stopped["page"]
     _resumes(page, after_step=stopped["stopped"]["step"])
     _end(page)
 
 
-@pytest.mark.xfail(strict=True, reason=RESUME_BUG + " (seen first after kill -9)")
 def test_resume_continues_after_the_training_process_was_killed(browser, app, tiny_model,
                                                                  data_files, shots):
     page = webui.open_app(browser, app)
     try:
-        running = _start_long_run(page, tiny_model, data_files)
+        running = _start_long_run(page, app, tiny_model, data_files)
         # What a person does in a terminal: find the training process and kill -9 it.
         run_dir = str(app.home / "runs" / running["name"])
         procs = [p for p in psutil.process_iter(["pid", "cmdline"])

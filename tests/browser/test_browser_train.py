@@ -13,8 +13,6 @@ import pytest
 import webui
 from webui import RUN_STEPS, open_app
 
-LIVE_PLOTS_BUG = ("issue 18: the loss and learning-rate plots stay empty (legend '-Infinity', no "
-                  "line) during the run in the tab that started it; a reload shows them")
 
 
 def test_the_status_line_moves_while_the_run_trains(trained_run):
@@ -28,7 +26,6 @@ def test_the_status_line_moves_while_the_run_trains(trained_run):
     assert "Next: open the Evaluate tab" in trained_run.final["text"]
 
 
-@pytest.mark.xfail(strict=True, reason=LIVE_PLOTS_BUG)
 @pytest.mark.parametrize("title", ["loss", "learning rate"])
 def test_the_plots_draw_a_growing_line_during_the_run(trained_run, title):
     key = "loss" if title == "loss" else "lr"
@@ -42,8 +39,6 @@ def test_the_plots_draw_a_growing_line_during_the_run(trained_run, title):
     assert not any("Infinity" in t for legend in legends for t in legend), legends
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the 'All runs' table still says 'starting, 0/N' "
-                                       "after the run completed (in the tab that started it)")
 def test_all_runs_table_shows_the_run_completed(trained_run):
     page = trained_run.page
     table = webui.dataframe_after(page, "All runs")
@@ -55,8 +50,6 @@ def test_all_runs_table_shows_the_run_completed(trained_run):
     assert ours[0]["step"] == f"{RUN_STEPS}/{RUN_STEPS}", ours[0]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the run picker labels the completed run "
-                                       "'(starting)' in the tab that started it")
 def test_run_picker_labels_the_run_completed(trained_run):
     assert webui.dropdown_value(trained_run.page, "run") == f"{trained_run.name} (completed)"
 
