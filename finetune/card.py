@@ -170,8 +170,7 @@ TEMPLATE = """---
 
 # {{ title }}
 
-A fine-tune of [{{ base_model }}](https://huggingface.co/{{ base_model }}) ({{ method }}) made
-with `finetune` (TRL SFT). {{ summary }}
+A fine-tune of {{ base_link }} ({{ method }}) made with `finetune` (TRL SFT). {{ summary }}
 
 ## Files
 
@@ -207,10 +206,11 @@ def build_card(run_dir: str | Path, manifest: dict, repo_id: str, out: str | Pat
     kinds = {e["kind"] for e in manifest.get("exports", [])}
     ggufs = [e["path"] for e in manifest.get("exports", []) if e["kind"] not in ("merged", "adapter")]
     base = public_name(manifest["base_model"])
+    on_hub = bool(re.fullmatch(r"[\w.-]+/[\w.-]+", base))  # else a local folder: name it only
     data = data_summary(run_dir, cfg)
     tags = ["finetune", "trl", "sft", cfg.method] + (["gguf"] if ggufs else [])
     card_data = ModelCardData(
-        base_model=base, pipeline_tag="text-generation", tags=tags,
+        base_model=base if on_hub else None, pipeline_tag="text-generation", tags=tags,
         library_name="transformers" if "merged" in kinds else "peft",
         datasets=[data["source"]] if re.fullmatch(r"[\w.-]+/[\w.-]+", data["source"]) else None)
     files = []
@@ -230,7 +230,8 @@ def build_card(run_dir: str | Path, manifest: dict, repo_id: str, out: str | Pat
     status = runinfo.read_status(run_dir)
     card = ModelCard.from_template(
         card_data, template_str=TEMPLATE, title=repo_id.split("/")[-1],
-        base_model=base, method=cfg.method,
+        base_link=f"[{base}](https://huggingface.co/{base})" if on_hub else f"`{base}`",
+        method=cfg.method,
         summary=(status.get("end_reason") or "").capitalize() + "." if status.get("end_reason")
         else "", files="\n".join(files), evaluation=evaluation_section(run_dir, manifest),
         loss=f"![Training and validation loss]({LOSS_IMAGE})" if image else "No loss logged.",

@@ -165,6 +165,8 @@ def push(run_dir: str | Path, repo_id: str, token: str | None = None, folder: st
         settings = json.loads(adapter_config.read_text(encoding="utf-8"))
         settings["base_model_name_or_path"] = card.public_name(settings["base_model_name_or_path"])
         adapter_config.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    manifest["base_model"] = card.public_name(manifest["base_model"])
+    runinfo.write_json(folder / "export.json", manifest)
     card.build_card(run_dir, manifest, repo_id, out=folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     size = sum(p.stat().st_size for p in files)

@@ -87,7 +87,7 @@ def smol_run(bundled_model, tmp_path_factory) -> Path:
     train_file = _rows(root / "train.jsonl", SAMPLES / "tickets" / "train.jsonl", 32, answer)
     test_file = _rows(root / "test.jsonl", SAMPLES / "tickets" / "test.jsonl", 8, answer)
     return _train(root / "home", root / "tiny-smol", train_file, test_file, method="full",
-                  max_steps=16, learning_rate=1e-2)
+                  max_steps=24, learning_rate=1e-2)
 
 
 # --- what an export holds -------------------------------------------------------------------

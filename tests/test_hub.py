@@ -23,7 +23,7 @@ from conftest import SAMPLES
 
 TOKEN = "hf_standin_secret_0123456789"
 USER = "ana"
-LFS_FROM = 1_000_000  # files this large go through LFS, as weights do on the Hub
+LFS_FROM = 50_000  # files this large go through LFS, as weights do on the Hub
 
 
 class FakeHub:
@@ -235,7 +235,8 @@ def test_push_sends_the_export_and_a_model_card_without_the_token(hub_env, run, 
     assert any("uploading model.safetensors" in d for _, d in seen) and seen[-1][0] == 1.0
 
     card = ModelCard(files["README.md"].decode())
-    assert card.data.base_model == "tiny-llama"  # a local base: its folder name, not its path
+    assert card.data.base_model is None  # a local base: named by its folder, not a Hub id
+    assert "A fine-tune of `tiny-llama` (lora)" in card.text
     assert json.loads(files["adapter/adapter_config.json"])["base_model_name_or_path"] == \
         "tiny-llama"
     assert card.data.library_name == "transformers" and "lora" in card.data.tags
