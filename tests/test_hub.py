@@ -354,3 +354,28 @@ def test_no_token_says_where_to_put_one(monkeypatch):
     monkeypatch.setenv("SPACE_ID", "ana/finetune")
     with pytest.raises(hub.HubError, match="secret HF_TOKEN in this Space's settings"):
         hub.get_token()
+
+
+def test_share_tab_builds_shows_the_saved_export_and_refuses_visitors(hub_env, run, monkeypatch):
+    import gradio as gr
+
+    from finetune import hub
+    from finetune.ui import share_tab
+
+    if not (run / "export" / "export.json").is_file():
+        hub.push(run, "contacts-tiny", merge=True, check=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    with gr.Blocks() as demo:
+        with gr.Tab("Share"):
+            share_tab.build_share_tab()
+    assert demo is not None
+    summary, checks, table, downloads, pushed, repo, space = share_tab.show_saved(str(run))
+    assert summary.startswith("Exported ") and "merged" in summary
+    assert "Pushed to [ana/contacts-tiny]" in pushed and repo == "ana/contacts-tiny"
+    assert space == "contacts-tiny-chat"
+    # on a Space, a signed-in visitor who is not the owner may not export or push
+    monkeypatch.setenv("SPACE_ID", "ana/finetune")
+    monkeypatch.setenv("SPACE_AUTHOR_NAME", "ana")
+    visitor = type("Profile", (), {"username": "bo"})()
+    with pytest.raises(gr.Error, match="only this Space's owner"):
+        share_tab.do_push(str(run), "x", "", True, False, visitor)
