@@ -81,7 +81,10 @@ def ensure_converter(log=print) -> Path:
                                  f"delete it from {sdist.parent} and export again.")
             for m in members:
                 m.name = m.name[len(root):]
-            tar.extractall(tmp, members=members, filter="data")
+            try:
+                tar.extractall(tmp, members=members, filter="data")
+            except TypeError:  # Python before 3.10.12 / 3.11.4: no filter (members are checked)
+                tar.extractall(tmp, members=members)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target

@@ -248,11 +248,20 @@ def publish_chat_space(model_repo: str, space_id: str | None = None, token: str 
     user = whoami(token)
     model_repo = full_id(model_repo, user)
     space_id = full_id(space_id or model_repo.split("/")[-1] + "-chat", user)
-    files = chat_space_files(model_repo, title, system, gguf_file)
+    if not (CHAT_TEMPLATE_DIR / "app.py").is_file():
+        raise HubError(f"The chat Space template is missing ({CHAT_TEMPLATE_DIR}): restore "
+                       "spaces/chat/ from the repository.")
     hub = api(token)
     tell = progress or (lambda f, d: None)
     with hub_errors(token, f"publish the Space {space_id}"):
-        model_private = bool(getattr(hub.model_info(model_repo), "private", False))
+        info = hub.model_info(model_repo)
+        model_private = bool(getattr(info, "private", False))
+        names = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+        if gguf_file is None and names and not {"config.json", "adapter_config.json"} & set(names):
+            ggufs = sorted((n for n in names if n.endswith(".gguf")),
+                           key=lambda n: ("q8_0" not in n.lower(), n))
+            gguf_file = ggufs[0] if ggufs else None  # a GGUF-only repository
+        files = chat_space_files(model_repo, title, system, gguf_file)
         tell(0.1, f"creating the Space {space_id}")
         url = str(hub.create_repo(space_id, repo_type="space", space_sdk="gradio",
                                   private=private, exist_ok=True))

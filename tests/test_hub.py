@@ -379,3 +379,17 @@ def test_share_tab_builds_shows_the_saved_export_and_refuses_visitors(hub_env, r
     visitor = type("Profile", (), {"username": "bo"})()
     with pytest.raises(gr.Error, match="only this Space's owner"):
         share_tab.do_push(str(run), "x", "", True, False, visitor)
+
+
+def test_chat_space_for_a_gguf_only_repository_loads_the_gguf_file(hub_env):
+    from finetune import hub
+
+    api = hub.api(TOKEN)
+    api.create_repo(f"{USER}/only-gguf", private=False)
+    hub._upload(api, f"{USER}/only-gguf", "model", [("m-f16.gguf", b"GGUF"), ("m-q8_0.gguf", b"GGUF"),
+                                                    ("Modelfile", b"FROM ./m-q8_0.gguf\n")],
+                "gguf", lambda f, d: None)
+    space = hub.publish_chat_space("only-gguf")
+    files = hub_env.repos[f"space:{USER}/only-gguf-chat"]["files"]
+    assert json.loads(files["chat_config.json"])["gguf_file"] == "m-q8_0.gguf"
+    assert space["note"] == ""  # a public model needs no token
