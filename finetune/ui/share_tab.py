@@ -79,8 +79,9 @@ def do_export(run_value, kinds, gguf_types, profile: gr.OAuthProfile | None,
     _owner(profile)
     if not run_value:
         raise hub.HubError("Pick a finished run first (train one in the Train tab).")
-    export.export_run(run_value, export.default_out(run_value), adapter=ADAPTER in (kinds or []),
-                      merge=MERGED in (kinds or []), gguf_types=gguf_types or [],
+    kinds = kinds or []
+    export.export_run(run_value, export.default_out(run_value), adapter=(ADAPTER in kinds) or None,
+                      merge=MERGED in kinds, gguf_types=gguf_types or [],
                       progress=lambda f, d: progress(f, desc=d))
     return _export_view(run_value)
 
