@@ -113,7 +113,8 @@ def settings_section(run_dir: Path, cfg) -> str:
 
 def usage_section(repo_id: str, manifest: dict) -> str:
     kinds = {e["kind"] for e in manifest.get("exports", [])}
-    ggufs = [e["path"] for e in manifest.get("exports", []) if e["kind"] not in ("merged", "adapter")]
+    ggufs = [e["path"] for e in manifest.get("exports", [])
+             if e["kind"] not in ("merged", "adapter")]
     parts = []
     if "merged" in kinds:
         parts.append(f"""### transformers
@@ -204,7 +205,8 @@ def build_card(run_dir: str | Path, manifest: dict, repo_id: str, out: str | Pat
     run_dir = Path(run_dir)
     cfg = runinfo.load_config(run_dir)
     kinds = {e["kind"] for e in manifest.get("exports", [])}
-    ggufs = [e["path"] for e in manifest.get("exports", []) if e["kind"] not in ("merged", "adapter")]
+    ggufs = [e["path"] for e in manifest.get("exports", [])
+             if e["kind"] not in ("merged", "adapter")]
     base = public_name(manifest["base_model"])
     on_hub = bool(re.fullmatch(r"[\w.-]+/[\w.-]+", base))  # else a local folder: name it only
     data = data_summary(run_dir, cfg)

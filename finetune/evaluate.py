@@ -423,7 +423,8 @@ def _score(entry: dict, report: dict) -> None:
     drop = tuned_em - (scores["exact_match"] or 0.0)
     slack = max(EXACT_SLACK, 1.0 / n) if n else EXACT_SLACK
     said = (f"gives the tuned model's answer on {same} of {n} rows; exact match "
-            f"{_fmt('exact_match', scores['exact_match'])} vs {_fmt('exact_match', tuned_em)} tuned")
+            f"{_fmt('exact_match', scores['exact_match'])} vs "
+            f"{_fmt('exact_match', tuned_em)} tuned")
     problems = []
     if scores["agreement"] is not None and scores["agreement"] < floor:
         problems.append(f"agreement below the {floor:.0%} expected of {entry['kind']}")
@@ -451,9 +452,8 @@ def _keep_exports(old: dict | None, new: dict) -> None:
 
 def export_rows(report: dict) -> list[list[str]]:
     """[export, exact match, agreement with tuned, loss, verdict] for each checked export."""
-    return [[name, _fmt("exact_match", e["metrics"].get("exact_match")),
-             _fmt("agreement", e["metrics"].get("agreement")), _fmt("loss", e["metrics"].get("loss")),
-             e["verdict"]] for name, e in (report or {}).get("exported", {}).items()]
+    return [[name] + [_fmt(k, e["metrics"].get(k)) for k in ("exact_match", "agreement", "loss")]
+            + [e["verdict"]] for name, e in (report or {}).get("exported", {}).items()]
 
 
 def _load_exported(kind: str, path: Path, dtype: str, device: str):

@@ -2,7 +2,7 @@
 LM Studio. Every export is checked on the run's held-out rows before it is offered.
 
     python -m finetune export runs/NAME --out DIR                  # the LoRA adapter (PEFT)
-    python -m finetune export runs/NAME --merge --out DIR          # a model plain transformers loads
+    python -m finetune export runs/NAME --merge --out DIR          # plain transformers loads it
     python -m finetune export runs/NAME --gguf q8_0 --out DIR      # GGUF + an Ollama Modelfile
     python -m finetune export runs/NAME --merge --gguf f16 --gguf q8_0 --out DIR
 
@@ -111,7 +111,8 @@ def export_run(run_dir: str | Path, out: str | Path, adapter: bool | None = None
             merged_dir = out if what["merge"] else Path(tempfile.mkdtemp(prefix="finetune-merge-"))
             tmp = None if what["merge"] else merged_dir
             tell = step(1, "Merging the adapter into the base model")
-            log(f"Merging {run_dir.name} into a full model ({'kept' if what['merge'] else 'for GGUF'})...")
+            log(f"Merging {run_dir.name} into a full model "
+                f"({'kept' if what['merge'] else 'for GGUF'})...")
             manifest["end_of_turn"] = write_merged(run_dir, merged_dir)
             manifest["dtype"] = saved_dtype(str(merged_dir))
             tell(1.0, "merged")
@@ -132,7 +133,8 @@ def export_run(run_dir: str | Path, out: str | Path, adapter: bool | None = None
         if files:
             from finetune import chat, models
 
-            tokenizer = models.load_tokenizer(models.ModelSource("local", str(merged_dir), "merged"))
+            tokenizer = models.load_tokenizer(
+                models.ModelSource("local", str(merged_dir), "merged"))
             preferred = sorted(files, key=lambda f: ("q8_0" not in f, f))
             (out / "Modelfile").write_text(gguf.modelfile(
                 preferred[0], tokenizer, chat.suggested_system(run_dir), preferred[1:]),

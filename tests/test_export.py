@@ -126,7 +126,8 @@ def test_merged_export_loads_with_plain_transformers_and_answers_like_the_chat_t
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     eos = model.generation_config.eos_token_id
-    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
+    eos = eos if isinstance(eos, list) else [eos]
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in eos
     assert tokenizer.chat_template == (lora_run / "adapter" / "chat_template.jinja").read_text()
 
     report = evaluate.load_report(lora_run)

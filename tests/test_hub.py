@@ -386,9 +386,8 @@ def test_chat_space_for_a_gguf_only_repository_loads_the_gguf_file(hub_env):
 
     api = hub.api(TOKEN)
     api.create_repo(f"{USER}/only-gguf", private=False)
-    hub._upload(api, f"{USER}/only-gguf", "model", [("m-f16.gguf", b"GGUF"), ("m-q8_0.gguf", b"GGUF"),
-                                                    ("Modelfile", b"FROM ./m-q8_0.gguf\n")],
-                "gguf", lambda f, d: None)
+    files = [("m-f16.gguf", b"GGUF"), ("m-q8_0.gguf", b"GGUF"), ("Modelfile", b"FROM ./m.gguf")]
+    hub._upload(api, f"{USER}/only-gguf", "model", files, "gguf", lambda f, d: None)
     space = hub.publish_chat_space("only-gguf")
     files = hub_env.repos[f"space:{USER}/only-gguf-chat"]["files"]
     assert json.loads(files["chat_config.json"])["gguf_file"] == "m-q8_0.gguf"

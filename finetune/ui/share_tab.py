@@ -61,8 +61,8 @@ def _push_view(run_value):
     last = hub.last_push(run_value) if run_value else None
     if not last:
         return "Not pushed yet."
-    return (f"Pushed to [{last['repo_id']}]({last['url']}) ({'private' if last['private'] else 'public'}"
-            f", {last['pushed']}).")
+    seen = "private" if last["private"] else "public"
+    return f"Pushed to [{last['repo_id']}]({last['url']}) ({seen}, {last['pushed']})."
 
 
 def show_saved(run_value):
@@ -112,7 +112,8 @@ def do_space(run_value, space, token, space_private, profile: gr.OAuthProfile | 
                                     private=space_private, system=chat.suggested_system(run_value),
                                     progress=lambda f, d: progress(f, desc=d))
     note = f"\n\n{result['note']}" if result["note"] else ""
-    return f"Chat Space: [{result['space_id']}]({result['url']}) (it builds in a few minutes).{note}"
+    return (f"Chat Space: [{result['space_id']}]({result['url']}) (it builds in a few "
+            f"minutes).{note}")
 
 
 def build_share_tab() -> None:
