@@ -392,3 +392,15 @@ def test_chat_space_for_a_gguf_only_repository_loads_the_gguf_file(hub_env):
     files = hub_env.repos[f"space:{USER}/only-gguf-chat"]["files"]
     assert json.loads(files["chat_config.json"])["gguf_file"] == "m-q8_0.gguf"
     assert space["note"] == ""  # a public model needs no token
+
+
+def test_the_card_says_how_to_run_gguf_files_with_llama_cpp_and_ollama():
+    from finetune import card
+
+    manifest = {"exports": [{"name": "gguf f16", "kind": "f16", "path": "run-f16.gguf"},
+                            {"name": "gguf q8_0", "kind": "q8_0", "path": "run-q8_0.gguf"}],
+                "modelfile": "Modelfile"}
+    text = card.usage_section("ana/x", manifest)
+    assert "llama-cli -hf ana/x:Q8_0" in text and "llama-cli -m run-q8_0.gguf" in text
+    assert "ollama run hf.co/ana/x:Q8_0" in text and "ollama create my-model -f Modelfile" in text
+    assert "LM Studio" in text and "AutoPeftModelForCausalLM" not in text
