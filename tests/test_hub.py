@@ -404,3 +404,21 @@ def test_the_card_says_how_to_run_gguf_files_with_llama_cpp_and_ollama():
     assert "llama-cli -hf ana/x:Q8_0" in text and "llama-cli -m run-q8_0.gguf" in text
     assert "ollama run hf.co/ana/x:Q8_0" in text and "ollama create my-model -f Modelfile" in text
     assert "LM Studio" in text and "AutoPeftModelForCausalLM" not in text
+
+
+def test_cli_push_from_an_export_and_publish_a_space(hub_env, run, capsys):
+    from finetune import hub
+    from finetune.cli import main
+
+    if not (run / "export" / "export.json").is_file():
+        hub.push(run, "contacts-tiny", merge=True, check=False)
+    capsys.readouterr()
+    assert main(["push", str(run), "--repo", "cli-push", "--from", str(run / "export"),
+                 "--public", "--space", "cli-chat"]) == 0
+    out = capsys.readouterr()
+    assert out.out.split() == [f"{hub_env.url}/{USER}/cli-push",
+                               f"{hub_env.url}/spaces/{USER}/cli-chat"]
+    assert "uploading" in out.err and TOKEN not in out.err + out.out
+    assert not hub_env.repos[f"model:{USER}/cli-push"]["private"]
+    assert json.loads(hub_env.repos[f"space:{USER}/cli-chat"]["files"]["chat_config.json"])[
+        "model"] == f"{USER}/cli-push"
