@@ -369,8 +369,9 @@ def test_share_tab_builds_shows_the_saved_export_and_refuses_visitors(hub_env, r
         with gr.Tab("Share"):
             share_tab.build_share_tab()
     assert demo is not None
-    summary, checks, table, downloads, pushed, repo, space = share_tab.show_saved(str(run))
+    summary, checks, table, pushed, repo, space = share_tab.show_saved(str(run))
     assert summary.startswith("Exported ") and "merged" in summary
+    assert "`model.safetensors` (" in summary
     assert "Pushed to [ana/contacts-tiny]" in pushed and repo == "ana/contacts-tiny"
     assert space == "contacts-tiny-chat"
     # on a Space, a signed-in visitor who is not the owner may not export or push

@@ -34,11 +34,11 @@ def refresh_runs(current, seen=None):
 
 
 def _export_view(run_value):
-    """(summary, check rows, side-by-side table, downloads) of the run's saved export."""
+    """(summary, check rows, side-by-side table) of the run's saved export."""
     folder = export.default_out(run_value) if run_value else None
     if folder is None or not (folder / "export.json").is_file():
         return "No export of this run yet: pick what to export and press **Export and check**.", \
-            [], gr.Dataframe(value=[], headers=evaluate.metric_headers()), None
+            [], gr.Dataframe(value=[], headers=evaluate.metric_headers())
     manifest = export.read_manifest(folder)
     report = evaluate.load_report(run_value) or {}
     names = {e["name"] for e in manifest["exports"]}
@@ -51,10 +51,10 @@ def _export_view(run_value):
                          if flagged else "Every checked export answers like the tuned model."))
     table = gr.Dataframe(value=evaluate.metric_rows(checked, exported=True) if checked else [],
                          headers=evaluate.metric_headers(checked, exported=True))
-    downloads = [str(folder / e["path"]) for e in manifest["exports"]
-                 if e["path"].endswith(".gguf")] + \
-        ([str(folder / "Modelfile")] if (folder / "Modelfile").is_file() else [])
-    return summary, evaluate.export_rows(checked) if checked else [], table, downloads or None
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    summary += "\n\n" + ", ".join(f"`{p.relative_to(folder)}` ({p.stat().st_size / 1e6:.1f} MB)"
+                                  for p in files)
+    return summary, evaluate.export_rows(checked) if checked else [], table
 
 
 def _push_view(run_value):
@@ -138,8 +138,6 @@ def build_share_tab() -> None:
                           label="Each export on the held-out rows")
     table = gr.Dataframe(value=[], headers=evaluate.metric_headers(), interactive=False,
                          label="Base vs tuned vs exported (also in eval.json)")
-    downloads = gr.File(label="Download (GGUF and Modelfile)", file_count="multiple",
-                        interactive=False)
 
     gr.Markdown("### Push to the Hugging Face Hub\nWhat was exported above, with a model card "
                 "(settings, data summary, scores, loss curve, how to load it).")
@@ -161,7 +159,7 @@ def build_share_tab() -> None:
     publish = gr.Button("Publish chat Space")
     published = gr.Markdown("")
 
-    views = [summary, checks, table, downloads]
+    views = [summary, checks, table]
     run.change(show_saved, run, views + [pushed, repo, space])
     go.click(do_export, [run, kinds, gguf_types], views, concurrency_limit=1,
              show_progress_on=summary)
