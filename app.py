@@ -19,6 +19,7 @@ from finetune.ui.chat_tab import build_chat_tab
 from finetune.ui.data_tab import build_data_tab
 from finetune.ui.evaluate_tab import build_evaluate_tab
 from finetune.ui.guard import Guard, for_visitors
+from finetune.ui.share_tab import build_share_tab
 from finetune.ui.train_tab import build_train_tab
 
 INTRO = """# Fine-tune a small LLM on your own data
@@ -26,6 +27,7 @@ INTRO = """# Fine-tune a small LLM on your own data
 2. **Train**: press *Start training*; every *auto* setting is decided from your data and this machine.
 3. **Evaluate**: the base model against the tuned one, example by example.
 4. **Chat**: talk to the tuned model, or to both side by side.
+5. **Share**: export it (merged, adapter, GGUF), checked on held-out rows; push it to the Hub.
 
 Training runs in the background: you can close this page and come back."""
 VISITOR_INTRO = ("# Chat with a fine-tuned model\nThe owner of this app fine-tuned a small "
@@ -55,8 +57,10 @@ def build_app(guard: Guard | None = None) -> gr.Blocks:
             build_evaluate_tab()
         with gr.Tab("Chat"):
             build_chat_tab()
+        with gr.Tab("Share", visible=False) as share_tab:
+            build_share_tab()
 
-        page = [intro, who, sign_in_box, data_tab, train_tab, evaluate_tab]
+        page = [intro, who, sign_in_box, data_tab, train_tab, evaluate_tab, share_tab]
 
         @for_visitors
         def show_role(caller=None):
@@ -65,7 +69,7 @@ def build_app(guard: Guard | None = None) -> gr.Blocks:
             offer_sign_in = (not owner and not access.on_space()
                              and access.listens_beyond_this_machine(access.server_host()))
             return (INTRO if owner else VISITOR_INTRO, f"*{caller.who.how}*",
-                    gr.update(visible=offer_sign_in), *[gr.update(visible=owner)] * 3)
+                    gr.update(visible=offer_sign_in), *[gr.update(visible=owner)] * 4)
 
         @for_visitors
         def sign_in(password_text, caller=None):

@@ -7,6 +7,8 @@
     python -m finetune chat runs/NAME --prompt "..."
     python -m finetune data inspect my.jsonl
     python -m finetune runs | status RUN | stop RUN | resume RUN
+    python -m finetune export RUN --merge --gguf q8_0 --out DIR   # each export checked
+    python -m finetune push RUN --repo NAME --merge [--space NAME-chat]   # needs HF_TOKEN
 """
 
 from __future__ import annotations
@@ -77,6 +79,25 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="where a model comes from (prepares the bundled one)")
     m.add_argument("model", nargs="?", default=_default_model())
+
+    x = sub.add_parser("export", help="export a finished run (adapter, merged model, GGUF), "
+                       "each checked on the held-out rows")
+    x.add_argument("run", help="run directory or name")
+    x.add_argument("--out", required=True, help="folder to write (laid out as a Hub repository)")
+    _add_export_flags(x)
+
+    u = sub.add_parser("push", help="push a run's exports to the Hugging Face Hub with a model "
+                       "card (private; token from HF_TOKEN)")
+    u.add_argument("run", help="run directory or name")
+    u.add_argument("--repo", required=True, help="NAME (under your account) or OWNER/NAME")
+    u.add_argument("--from", dest="folder", metavar="DIR",
+                   help="push this earlier export of the run instead of exporting again")
+    u.add_argument("--public", action="store_true", help="make the repository public")
+    u.add_argument("--force", action="store_true", help="push even if a check flagged an export")
+    u.add_argument("--space", metavar="SPACE", help="also publish a chat-only Space for the "
+                   "model (NAME or OWNER/NAME; public unless --private-space)")
+    u.add_argument("--private-space", action="store_true", help="make the chat Space private")
+    _add_export_flags(u)
 
     b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
     b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~2 h on 2 CPU cores)")
@@ -210,6 +231,72 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def _add_export_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--merge", action="store_true",
+                   help="the merged model: safetensors, tokenizer, chat template, a generation "
+                        "config that stops at the end-of-turn token")
+    p.add_argument("--adapter", action="store_true", default=None,
+                   help="the LoRA adapter (the default when neither --merge nor --gguf is given)")
+    p.add_argument("--gguf", action="append", default=[], metavar="TYPE",
+                   help="GGUF for llama.cpp, Ollama, LM Studio, with an Ollama Modelfile: q8_0, "
+                        "f16, bf16 or f32; repeatable")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip answering the held-out rows with each export (not recommended)")
+    p.add_argument("--limit", type=int, help="check on at most this many held-out rows")
+
+
+def _progress_printer(every_s: float = 5.0):
+    """progress(fraction, text) for long steps: a line on stderr when a new step starts, and
+    every few seconds while one runs."""
+    import time
+
+    last = [None, 0.0]
+
+    def show(fraction: float, desc: str) -> None:
+        step, now = desc.split(":")[0], time.monotonic()
+        if step != last[0] or now - last[1] >= every_s or fraction >= 1.0:
+            last[:] = [step, now]
+            print(f"[{100 * fraction:3.0f}%] {desc}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _err(*a, **k) -> None:
+    print(*a, file=sys.stderr, **k)
+
+
+def cmd_export(args) -> int:
+    from finetune import export, runinfo
+
+    manifest = export.export_run(runinfo.run_path(args.run), args.out, adapter=args.adapter,
+                                 merge=args.merge, gguf_types=args.gguf, check=args.check,
+                                 limit=args.limit, progress=_progress_printer(), log=_err)
+    for entry in manifest["exports"]:
+        check = entry.get("check")
+        print(f"{entry['name']:10s} {entry['path']:32s} "
+              f"{check['verdict'] if isinstance(check, dict) else check or 'not checked'}")
+    print(args.out)
+    return 1 if manifest["flagged"] else 0
+
+
+def cmd_push(args) -> int:
+    from finetune import hub, runinfo
+
+    run_dir = runinfo.run_path(args.run)
+    result = hub.push(run_dir, args.repo, folder=args.folder, adapter=args.adapter,
+                      merge=args.merge, gguf_types=args.gguf, private=not args.public,
+                      check=args.check, force=args.force, limit=args.limit,
+                      progress=_progress_printer(), log=_err)
+    print(result["url"])
+    if args.space:
+        space = hub.publish_chat_space(result["repo_id"], args.space, private=args.private_space,
+                                       progress=_progress_printer(), log=_err)
+        if space["note"]:
+            _err(space["note"])
+        print(space["url"])
+    return 0
+
+
 def cmd_models(args) -> int:
     from finetune import models
 
@@ -235,7 +322,7 @@ def cmd_bench(args) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "chat": cmd_chat, "data": cmd_data,
             "runs": cmd_runs, "status": cmd_status, "stop": cmd_stop, "resume": cmd_resume,
-            "models": cmd_models, "bench": cmd_bench}
+            "models": cmd_models, "bench": cmd_bench, "export": cmd_export, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,10 @@ Loss is the mean negative log-likelihood of the answer tokens only (the last ass
 end-of-turn token included; prompt tokens are not scored), over the whole test split.
 Generation metrics use greedy answers to the first `limit` rows. The report is saved as
 eval.json in the run directory, which the Evaluate tab shows.
+
+Exported models (`python -m finetune export`) are scored on the same rows by `evaluate_export`
+and shown beside base and tuned (`metric_rows(report, exported=True)`): exact match, and
+agreement with the tuned model's answers; one that disagrees beyond rounding noise is flagged.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ METRIC_LABELS = {  # key -> (label, format)
     "bleu": ("BLEU", "bleu"),
     "loss": ("loss (answer tokens)", "loss"),
     "perplexity": ("perplexity", "loss"),
+    "agreement": ("agreement with tuned", "pct"),  # exported models only
 }
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
@@ -139,6 +144,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         "seconds": round(time.time() - started, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    _keep_exports(load_report(run_dir), report)
     runinfo.write_json(run_dir / "eval.json", report)
     tell(1, per_model, "done")
     log(f"Saved {run_dir / 'eval.json'} ({report['seconds']} s)")
@@ -254,15 +260,24 @@ def _change(key: str, base: float | None, tuned: float | None) -> str:
     return text + (" better" if better and diff else " worse" if diff else "")
 
 
-def metric_rows(report: dict) -> list[list[str]]:
-    """[metric, base, tuned, change] rows, in a fixed order."""
+def metric_headers(report: dict | None = None, exported: bool = False) -> list[str]:
+    """Column names of `metric_rows`: one more per exported model with `exported`."""
+    names = list((report or {}).get("exported", {})) if exported else []
+    return ["metric", "base", "tuned", "change"] + names
+
+
+def metric_rows(report: dict, exported: bool = False) -> list[list[str]]:
+    """[metric, base, tuned, change] rows, in a fixed order; with `exported`, a column for each
+    checked export (and its agreement with the tuned answers)."""
     base, tuned = report["metrics"]["base"], report["metrics"]["tuned"]
+    exports = list(report.get("exported", {}).values()) if exported else []
     rows = []
     for key, (label, _) in METRIC_LABELS.items():
-        if key not in base and key not in tuned:
+        if key not in base and key not in tuned and not any(key in e["metrics"] for e in exports):
             continue
         b, t = base.get(key), tuned.get(key)
-        rows.append([label, _fmt(key, b), _fmt(key, t), _change(key, b, t)])
+        rows.append([label, _fmt(key, b), _fmt(key, t), _change(key, b, t)]
+                    + [_fmt(key, e["metrics"].get(key)) for e in exports])
     return rows
 
 
@@ -307,5 +322,173 @@ def format_report(report: dict) -> str:
             lines.append("-" * len(lines[0]))
     counts = outcome_counts(report)
     tally = ", ".join(f"{label}: {n}" for label, n in counts.items())
-    return f"{head}\n\n" + "\n".join(line.rstrip() for line in lines) + \
+    text = f"{head}\n\n" + "\n".join(line.rstrip() for line in lines) + \
         f"\n\nExact match per example: {tally}"
+    if report.get("exported"):
+        text += "\n\nExported models on the same rows:\n" + "\n".join(
+            f"  {name}: exact match {em}, agreement with tuned {agree}, loss {loss}. {verdict}"
+            for name, em, agree, loss, verdict in export_rows(report))
+    return text
+
+
+# --- exported models ----------------------------------------------------------------------------
+
+# An export must give the tuned model's greedy answer on at least this share of the rows: merged
+# weights are the same numbers (only the order of additions differs); 16-bit and 8-bit files round
+# every weight, which flips a near-tie now and then.
+AGREEMENT_FLOOR = {"merged": 0.98, "f32": 0.98, "f16": 0.90, "bf16": 0.85, "q8_0": 0.85}
+EXACT_SLACK = 0.02  # ... and lose at most 2 points of exact match (one row, on a small test set)
+
+
+def evaluate_export(run_dir: str | Path, name: str, kind: str, path: str | Path,
+                    limit: int | None = None, precision: str | None = None,
+                    progress: Callable[[float, str], Any] | None = None, log=print) -> dict:
+    """Score an exported model on the rows eval.json's base and tuned models answered (they are
+    evaluated first when eval.json is missing, older than the weights, or on other rows).
+
+    `kind` is 'merged' (`path` a folder loaded with plain transformers) or a GGUF type (`path`
+    the .gguf file, loaded back through transformers' GGUF reader with its own tokenizer and
+    chat template). `precision` is the dtype a merged model was saved in ('bfloat16' rounds the
+    merged weights, so it is held to the bf16 floor). The entry is saved in eval.json under
+    'exported'[name] and returned: its metrics (with 'agreement': the share of answers equal to
+    the tuned model's), 'flagged' and a 'verdict' in words."""
+    started = time.time()
+    run_dir = Path(run_dir)
+    report = load_report(run_dir)
+    if not _current(run_dir, report, limit):
+        log("Evaluating base and tuned first, so the export is compared on the same rows...")
+        report = evaluate_run(run_dir, limit=limit, log=log, progress=None if progress is None
+                              else lambda f, d: progress(0.6 * f, d))
+        span = (0.6, 0.4)
+    else:
+        span = (0.0, 1.0)
+
+    def tell(fraction: float, desc: str) -> None:
+        if progress is not None:
+            progress(span[0] + span[1] * fraction, f"{name}: {desc}")
+
+    from finetune import generation, hardware, jobs
+
+    cfg = runinfo.load_config(run_dir)
+    rows, _ = _rows(cfg, None, log)
+    gen_rows, loss_rows = rows[:report["n_examples"]], rows[:report["n_loss_examples"]]
+    device, dtype = hardware.inference_settings()
+    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
+    tell(0.0, "loading")
+    log(f"Checking {name} ({path}) on {len(gen_rows)} held-out rows...")
+    model, tokenizer = _load_exported(kind, Path(path), dtype, device)
+    batch = 16 if device == "cuda" else 8
+    try:
+        max_length = cfg.max_length if isinstance(cfg.max_length, int) else 2048
+        nll, tokens = generation.completion_nll(
+            model, tokenizer, loss_rows, max_length=max_length, batch_size=batch,
+            on_batch=lambda done, total: tell(0.2 + 0.2 * done / total, f"loss {done}/{total}"))
+        answers = generation.generate_batch(
+            model, tokenizer, [p for p, _ in gen_rows], report["max_new_tokens"],
+            batch_size=batch,
+            on_batch=lambda done, total: tell(0.4 + 0.6 * done / total, f"answers {done}/{total}"))
+    finally:
+        del model
+        gc.collect()
+        _empty_device_cache(device)
+    loss = nll / tokens if tokens else None
+    entry = {"kind": kind, "path": str(path), "precision": precision, "answers": answers,
+             "loss": loss, "seconds": round(time.time() - started, 1),
+             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _score(entry, report)
+    report.setdefault("exported", {})[name] = entry
+    runinfo.write_json(run_dir / "eval.json", report)
+    log(f"{name}: {entry['verdict']}")
+    return entry
+
+
+def _current(run_dir: Path, report: dict | None, limit: int | None) -> bool:
+    """eval.json answers the run's own test split with the weights there are now."""
+    if not report or not str(report.get("data", "")).startswith("test split"):
+        return False
+    if limit is not None and report["n_examples"] != min(int(limit), report["n_available"]):
+        return False
+    result = runinfo.result_dir(run_dir)
+    newest = max((p.stat().st_mtime for p in result.iterdir() if p.is_file()), default=0.0)
+    return (run_dir / "eval.json").stat().st_mtime >= newest
+
+
+def _score(entry: dict, report: dict) -> None:
+    """Metrics, agreement with the tuned answers, and the verdict of an export's answers."""
+    examples = report["examples"]
+    answers = entry["answers"]
+    scores = metrics.compute(answers, [ex["reference"] for ex in examples])
+    scores["loss"] = entry.get("loss")
+    scores["perplexity"] = math.exp(min(entry["loss"], 700)) if entry.get("loss") is not None \
+        else None
+    same = sum(metrics.is_exact(a, ex["tuned"]) for a, ex in zip(answers, examples))
+    scores["agreement"] = same / len(examples) if examples else None
+    entry["metrics"] = scores
+    n = len(examples)
+    rounded = {"bfloat16": "bf16", "float16": "f16"}.get(entry.get("precision") or "")
+    floor = AGREEMENT_FLOOR.get(rounded or entry["kind"], 0.85)
+    tuned_em = report["metrics"]["tuned"].get("exact_match") or 0.0
+    drop = tuned_em - (scores["exact_match"] or 0.0)
+    slack = max(EXACT_SLACK, 1.0 / n) if n else EXACT_SLACK
+    said = (f"gives the tuned model's answer on {same} of {n} rows; exact match "
+            f"{_fmt('exact_match', scores['exact_match'])} vs "
+            f"{_fmt('exact_match', tuned_em)} tuned")
+    problems = []
+    if scores["agreement"] is not None and scores["agreement"] < floor:
+        problems.append(f"agreement below the {floor:.0%} expected of {entry['kind']}")
+    if drop > slack + 1e-9:
+        problems.append(f"exact match {100 * drop:.1f} points under the tuned model (more than "
+                        f"{100 * slack:.1f})")
+    entry["flagged"] = bool(problems)
+    entry["verdict"] = (f"FLAGGED: {said}: " + "; ".join(problems) + ". Do not use it as is: "
+                        "export again, or use a less quantized type.") if problems else \
+        f"OK: {said} (within rounding noise)."
+
+
+def _keep_exports(old: dict | None, new: dict) -> None:
+    """Exports checked on the same rows stay in a new eval.json, scored against the new tuned
+    answers."""
+    if not old or not old.get("exported") or old.get("data") != new.get("data"):
+        return
+    prompts = [ex["prompt"] for ex in new["examples"]]
+    if [ex["prompt"] for ex in old.get("examples", [])] != prompts:
+        return
+    for name, entry in old["exported"].items():
+        _score(entry, new)
+        new.setdefault("exported", {})[name] = entry
+
+
+def export_rows(report: dict) -> list[list[str]]:
+    """[export, exact match, agreement with tuned, loss, verdict] for each checked export."""
+    return [[name] + [_fmt(k, e["metrics"].get(k)) for k in ("exact_match", "agreement", "loss")]
+            + [e["verdict"]] for name, e in (report or {}).get("exported", {}).items()]
+
+
+def _load_exported(kind: str, path: Path, dtype: str, device: str):
+    """An exported model as a user loads it: a merged folder with plain transformers; a GGUF file
+    through transformers' GGUF reader, alone in a folder so only its own tokenizer is read."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    with tempfile.TemporaryDirectory(prefix="finetune-gguf-") as tmp:
+        kwargs: dict = {}
+        folder = path
+        if kind != "merged":
+            folder = Path(tmp)
+            try:
+                (folder / path.name).symlink_to(path.resolve())
+            except OSError:  # no symlinks here: a copy
+                import shutil
+
+                shutil.copy2(path, folder / path.name)
+            kwargs["gguf_file"] = path.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    return model, tokenizer

@@ -115,3 +115,31 @@ def test_models_run_no_code_of_their_own_unless_the_owner_says_so(monkeypatch):
     assert not access.trust_remote_code()
     monkeypatch.setenv("FINETUNE_TRUST_REMOTE_CODE", "1")
     assert access.trust_remote_code()
+
+
+def test_a_token_in_the_environment_lands_in_no_file_of_a_run(tiny_model, tiny_data, monkeypatch):
+    """After a run, a failed run and an export, no file of the runs folder holds the token."""
+    from finetune import config, export, jobs, paths, train
+
+    token = "hf_FAKEtokenForTheTest0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    cfg = config.RunConfig(model=str(tiny_model), data=str(tiny_data), max_steps=2, eval_steps=2,
+                           save_steps=2, batch_size=4, grad_accum=1, lora_r=2,
+                           early_stopping=False)
+    run_dir = jobs.prepare_run(cfg).run_dir
+    assert train.run(run_dir)["state"] == "completed"
+    export.export_run(run_dir, export.default_out(run_dir), merge=True, check=False)
+    # a run that fails with the token in its error (as a library's HTTP error may show it)
+    from finetune import models
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"401 Unauthorized for https://hub/api (Authorization: Bearer {token})")
+
+    failed = jobs.prepare_run(cfg).run_dir
+    monkeypatch.setattr(models, "load_model", refuse)
+    status = train.run(failed)
+    assert status["state"] == "failed" and "***" in status["error"]
+    files = [p for p in paths.runs_dir().rglob("*") if p.is_file()]
+    assert len(files) > 10
+    leaked = [p for p in files if token.encode() in p.read_bytes()]
+    assert leaked == []

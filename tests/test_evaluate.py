@@ -171,15 +171,16 @@ def test_evaluate_tab_shows_saved_report_and_filters(trained_run, monkeypatch):
     monkeypatch.setenv("FINETUNE_HOME", str(trained_run.parent.parent))  # the page names runs
 
     calls = []
-    summary, metric_rows, example_rows, _ = evaluate_tab.run_evaluation(
+    summary, metrics, example_rows, _ = evaluate_tab.run_evaluation(
         trained_run.name, evaluate_tab.OWN_SPLIT, None, 3, "all",
         progress=lambda f, desc=None: calls.append(f))
+    metric_rows = metrics.value["data"]
     assert "3" in summary and calls and metric_rows[0][0] == "exact match"
     assert len(example_rows) == 3 and example_rows[0][4] in ("✓", "✗")
 
     # picking the run again shows the saved evaluation without recomputing
     again = evaluate_tab.show_saved(trained_run.name, "all")
-    assert again[1] == metric_rows and again[2] == example_rows
+    assert again[1].value["data"] == metric_rows and again[2] == example_rows
     assert evaluate_tab.filter_examples(trained_run.name, "both right") == \
         [r for r in example_rows if r[4] == "✓" and r[5] == "✓"]
     with pytest.raises(gr.Error, match="Upload a test file"):

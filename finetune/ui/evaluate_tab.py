@@ -44,8 +44,10 @@ def summary_text(report: dict) -> str:
 def _views(report: dict | None, which: str):
     if report is None:
         return ("No evaluation of this run yet: press **Run evaluation**.", [], [])
-    return (summary_text(report), evaluate.metric_rows(report),
-            evaluate.example_rows(report, which))
+    # exported models (Share tab) stand beside base and tuned
+    metrics = gr.Dataframe(value=evaluate.metric_rows(report, exported=True),
+                           headers=evaluate.metric_headers(report, exported=True))
+    return summary_text(report), metrics, evaluate.example_rows(report, which)
 
 
 def show_saved(run_value: str | None, which: str):

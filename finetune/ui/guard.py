@@ -73,8 +73,9 @@ class Guard:
 
     def protect(self, demo: gr.Blocks) -> gr.Blocks:
         for block_fn in demo.fns.values():
-            if block_fn.fn is None or getattr(block_fn, "is_cancel_function", False):
-                continue
+            if block_fn.fn is None or getattr(block_fn, "is_cancel_function", False) or \
+                    getattr(block_fn.fn, "__module__", "").startswith("gradio."):
+                continue  # a cancel, or Gradio's own plumbing (the login button's session check)
             events = {event for _, event in (block_fn.targets or [])}
             quiet = bool(events) and events <= AUTOMATIC
             block_fn.fn = self.wrap(block_fn.fn, quiet)
