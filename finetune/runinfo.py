@@ -8,7 +8,9 @@ runs/<name>/
   train.log       the training process's output
   checkpoints/    trainer checkpoints (resume starts from the latest)
   adapter/        the LoRA adapter (lora, qlora)   |   model/  the full model (full)
-  eval.json       base vs tuned evaluation
+  eval.json       base vs tuned (vs exported) evaluation
+  export/         what the Share tab / `export` command wrote (export.json says what and checks)
+  hub.json        where it was pushed
 """
 
 from __future__ import annotations

@@ -123,6 +123,9 @@ def test_histogram_marks_the_cut_off():
     assert fits["rows"].sum() == 4 and over["rows"].sum() == 3
     assert fits["tokens"].iloc[-1].endswith("-40")  # the cut-off is a bin edge
     assert over["tokens"].iloc[-1].endswith("+")  # the long tail folded into the last bin
+    # The plot sorts labels as text: text order must be bin order (88-89 before 100-101).
+    labels = list(data.histogram([88, 95, 100, 130, 1000], max_length=120)["tokens"])
+    assert labels == sorted(labels) and labels[0].strip().startswith("8")
     assert data.length_stats([5, 1, 9], 4) == {"min": 1, "median": 5, "p95": 9, "max": 9,
                                                "mean": 5.0, "total": 15, "max_length": 4,
                                                "longer": 2}

@@ -33,7 +33,8 @@ def length_stats(lengths: list[int], max_length: int | None) -> dict:
 def histogram(lengths: list[int], max_length: int | None = None, bins: int = 24):
     """A DataFrame for gr.BarPlot: one row per bin ('tokens' label, 'rows' count) in order, and
     'part' saying whether the bin fits within max_length or would be truncated. The cut-off is
-    always a bin edge; bins above it have the same width, the far tail folded into the last."""
+    always a bin edge; bins above it have the same width, the far tail folded into the last.
+    Labels start with the bin's lowest count, padded with spaces so that text order is bin order."""
     import pandas as pd
 
     if not lengths:
@@ -47,7 +48,9 @@ def histogram(lengths: list[int], max_length: int | None = None, bins: int = 24)
     labels, rows, parts = [], [], []
     for k in range(first, last + 1):
         lo, hi = edge + (k - 1) * width + 1, edge + k * width
-        labels.append(f"{lo}+" if k == last and top > hi else (str(hi) if lo == hi else f"{lo}-{hi}"))
+        label = f"{lo}+" if k == last and top > hi else (str(hi) if lo == hi else f"{lo}-{hi}")
+        # Leading spaces (not drawn) make the labels sort as numbers: the plot sorts them as text.
+        labels.append(" " * (len(str(top)) - len(str(lo))) + label)
         rows.append(counts.get(k, 0))
         parts.append(TRUNCATED if k > 0 else FITS)
     return pd.DataFrame({"tokens": labels, "rows": rows, "part": parts})
