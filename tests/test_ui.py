@@ -43,7 +43,7 @@ def test_building_the_app_reads_no_run(finetune_home, monkeypatch):
     # the run pickers are filled when the page loads instead
     from finetune.ui import chat_tab, evaluate_tab
 
-    on_load = {fn.fn for fn in demo.fns.values()
+    on_load = {inspect.unwrap(fn.fn) for fn in demo.fns.values()
                if any(t[1] == "load" and t[0] == demo._id for t in fn.targets)}
     assert {chat_tab.refresh_targets, evaluate_tab.refresh_runs} <= on_load
 
@@ -123,3 +123,25 @@ def test_a_streaming_handlers_library_error_becomes_gr_error():
 
     with pytest.raises(gr.Error, match="bad"):
         plain(1)
+
+
+def test_every_handler_of_the_app_goes_through_the_guard(finetune_home):
+    """One guard on every handler: visitors reach only those marked for them."""
+    import app as app_module
+
+    from finetune.ui.guard import VISITORS
+
+    demo = app_module.build_app()
+    visitor_names = set()
+    for block_fn in demo.fns.values():
+        fn = block_fn.fn
+        if fn is None or getattr(block_fn, "is_cancel_function", False) or \
+                fn.__module__.startswith("gradio."):
+            continue
+        assert list(inspect.signature(fn).parameters)[0] == "request", block_fn.name
+        if getattr(fn, VISITORS, False):
+            visitor_names.add(block_fn.name)
+    assert visitor_names <= {"show_role", "sign_in", "refresh_targets", "on_target_change",
+                             "send", "offer_note", "on_mode", "clear_chat",
+                             "repetition_penalty_for"}
+    assert {"send", "show_role", "refresh_targets"} <= visitor_names

@@ -113,9 +113,8 @@ class Guard:
                 extra = check(request)
                 return shown(*args, **kwargs, **extra)
 
-        guarded.__signature__ = signature
+        guarded.__signature__ = signature  # what Gradio reads (it stops here, not at __wrapped__)
         guarded.__annotations__ = {"request": gr.Request}
-        del guarded.__wrapped__  # gradio reads the signature above, not the original's
         return guarded
 
 
