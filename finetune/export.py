@@ -33,7 +33,6 @@ from finetune.errors import ConfigError, RunError
 
 MERGED = "merged"
 ADAPTER = "adapter"
-HUB_IDS = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # bundled -> Hub
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                  "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
@@ -43,7 +42,7 @@ def base_model_id(model: str) -> str:
     """The base model as others can load it: the Hub id of the bundled model, else as given."""
     from finetune.bundled import BUNDLED_NAME, is_bundled
 
-    return HUB_IDS[BUNDLED_NAME] if is_bundled(model) else model
+    return f"HuggingFaceTB/{BUNDLED_NAME}" if is_bundled(model) else model
 
 
 def plan(run_dir: str | Path, adapter: bool | None = None, merge: bool = False,

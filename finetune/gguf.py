@@ -14,7 +14,6 @@ and q8_0 are written by the converter itself; k-quants would need llama.cpp's co
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -58,19 +57,10 @@ def converter_dir() -> Path:
 
 def ensure_converter(log=print) -> Path:
     """The folder holding llama.cpp's convert_hf_to_gguf.py, fetched and extracted once."""
-    target = converter_dir()
-    if (target / "convert_hf_to_gguf.py").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
 
-    with FileLock(str(target) + ".lock"):
-        if (target / "convert_hf_to_gguf.py").is_file():
-            return target
+    def make(folder: Path) -> None:
         sdist = _fetch_sdist(log)
         log(f"Extracting llama.cpp's converter from {sdist.name}...")
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(sdist) as tar:
             root = tar.getmembers()[0].name.split("/")[0] + "/vendor/llama.cpp/"
             members = [m for m in tar.getmembers() if m.name.startswith(root) and
@@ -82,12 +72,11 @@ def ensure_converter(log=print) -> Path:
             for m in members:
                 m.name = m.name[len(root):]
             try:
-                tar.extractall(tmp, members=members, filter="data")
+                tar.extractall(folder, members=members, filter="data")
             except TypeError:  # Python before 3.10.12 / 3.11.4: no filter (members are checked)
-                tar.extractall(tmp, members=members)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    return target
+                tar.extractall(folder, members=members)
+
+    return paths.make_once(converter_dir(), "convert_hf_to_gguf.py", make)
 
 
 def _fetch_sdist(log) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 
 def home() -> Path:
@@ -23,3 +24,25 @@ def models_dir() -> Path:
 def cache_dir() -> Path:
     """Downloaded packages that models are made from."""
     return models_dir() / "_downloads"
+
+
+def make_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """`target`, a folder that holds `marker` once made: `build(tmp)` fills a temporary folder,
+    which then takes its place, under a file lock, so two processes never make it twice and no
+    reader sees half of it."""
+    import shutil
+
+    from filelock import FileLock
+
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / marker).is_file():  # another process made it while we waited
+            return target
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
