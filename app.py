@@ -41,7 +41,7 @@ def build_app(guard: Guard | None = None) -> gr.Blocks:
         intro = gr.Markdown(VISITOR_INTRO)
         with gr.Row():
             who = gr.Markdown()
-            if access.on_space():
+            if access.on_space() and os.environ.get("OAUTH_CLIENT_ID"):  # `hf_oauth: true`
                 gr.LoginButton(scale=0)
         with gr.Accordion("Owner sign-in", open=False, visible=False) as sign_in_box:
             password = gr.Textbox(type="password", label="Owner password", max_lines=1)
@@ -49,18 +49,19 @@ def build_app(guard: Guard | None = None) -> gr.Blocks:
         data_state = gr.State({})  # Data -> Train: what to train on
         model_state = gr.State(DEFAULT_MODEL)  # Train -> Data: whose tokenizer counts
         # Owner tabs start hidden; the page shows them once the server says who is looking.
-        with gr.Tab("Data", visible=False) as data_tab:
-            build_data_tab(data_state, model_state)
-        with gr.Tab("Train", visible=False) as train_tab:
-            build_train_tab(demo, data_state, model_state)
-        with gr.Tab("Evaluate", visible=False) as evaluate_tab:
-            build_evaluate_tab()
-        with gr.Tab("Chat"):
-            build_chat_tab()
-        with gr.Tab("Share", visible=False) as share_tab:
-            build_share_tab()
+        with gr.Tabs() as tabs:
+            with gr.Tab("Data", id="data", visible=False) as data_tab:
+                build_data_tab(data_state, model_state)
+            with gr.Tab("Train", id="train", visible=False) as train_tab:
+                build_train_tab(demo, data_state, model_state)
+            with gr.Tab("Evaluate", id="evaluate", visible=False) as evaluate_tab:
+                build_evaluate_tab()
+            with gr.Tab("Chat", id="chat"):
+                build_chat_tab()
+            with gr.Tab("Share", id="share", visible=False) as share_tab:
+                build_share_tab()
 
-        page = [intro, who, sign_in_box, data_tab, train_tab, evaluate_tab, share_tab]
+        page = [intro, who, sign_in_box, tabs, data_tab, train_tab, evaluate_tab, share_tab]
 
         @for_visitors
         def show_role(caller=None):
@@ -69,7 +70,8 @@ def build_app(guard: Guard | None = None) -> gr.Blocks:
             offer_sign_in = (not owner and not access.on_space()
                              and access.listens_beyond_this_machine(access.server_host()))
             return (INTRO if owner else VISITOR_INTRO, f"*{caller.who.how}*",
-                    gr.update(visible=offer_sign_in), *[gr.update(visible=owner)] * 4)
+                    gr.update(visible=offer_sign_in), gr.Tabs(selected="data" if owner else "chat"),
+                    *[gr.update(visible=owner)] * 4)
 
         @for_visitors
         def sign_in(password_text, caller=None):

@@ -145,3 +145,26 @@ def test_every_handler_of_the_app_goes_through_the_guard(finetune_home):
                              "send", "offer_note", "on_mode", "clear_chat",
                              "repetition_penalty_for"}
     assert {"send", "show_role", "refresh_targets"} <= visitor_names
+
+
+def test_a_visitors_page_load_shows_no_refusal(finetune_home, monkeypatch):
+    """The owner tabs' page-load handlers are refused for a visitor without a toast (a visitor
+    saw two 'Only the owner' errors on every visit)."""
+    import app as app_module
+
+    from finetune.ui.guard import VISITORS
+
+    monkeypatch.setenv("SPACE_ID", "me/finetune")
+    monkeypatch.setenv("SPACE_AUTHOR_NAME", "me")
+    demo = app_module.build_app()
+    checked = 0
+    for block_fn in demo.fns.values():
+        fn, events = block_fn.fn, {e for _, e in block_fn.targets or []}
+        if fn is None or getattr(fn, VISITORS, False) or fn.__module__.startswith("gradio.") \
+                or (events and "load" not in events):
+            continue
+        with pytest.raises(gr.Error) as refused:
+            fn(None, *[None] * len(block_fn.inputs))
+        assert "Only the owner" in refused.value.message and not refused.value.visible
+        checked += 1
+    assert checked >= 3  # the Data tab's sample, the Train tab's runs, the pickers

@@ -23,7 +23,7 @@ from finetune import access
 from finetune.ui.common import user_errors
 
 VISITORS = "_finetune_for_visitors"
-AUTOMATIC = {"load", "then", "success", "change", "tick", "select"}  # not a click on a button
+AUTOMATIC = {"load", "then", "success", "change", "tick", "select"}  # not a person's action
 log = logging.getLogger(__name__)
 
 
@@ -76,8 +76,10 @@ class Guard:
             if block_fn.fn is None or getattr(block_fn, "is_cancel_function", False) or \
                     getattr(block_fn.fn, "__module__", "").startswith("gradio."):
                 continue  # a cancel, or Gradio's own plumbing (the login button's session check)
+            # Refused quietly when it can fire by itself (page load, a chained step): a
+            # visitor never sees the owner's buttons, so only such events reach them.
             events = {event for _, event in (block_fn.targets or [])}
-            quiet = bool(events) and events <= AUTOMATIC
+            quiet = not events or bool(events & AUTOMATIC)
             block_fn.fn = self.wrap(block_fn.fn, quiet)
         return demo
 
