@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from finetune.errors import AccessError, FinetuneError, LimitError, RunError
+from finetune.errors import AccessError, ConfigError, FinetuneError, LimitError, RunError
 
 # field of the request -> GenerationSettings field
 SETTINGS = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
@@ -62,17 +62,18 @@ def completion(body: dict, who, gate, client: str) -> Callable[[], Any]:
     model = body.get("model")
     messages = body.get("messages")
     if not isinstance(model, str) or not model:
-        raise RunError("'model' is required: one of the ids GET /v1/models lists.")
+        raise ConfigError("'model' is required: one of the ids GET /v1/models lists.")
     if not isinstance(messages, list) or not messages:
-        raise RunError("'messages' is required: a list of {role, content} ending with the user's.")
+        raise ConfigError("'messages' is required: a list of {role, content} ending with the "
+                          "user's.")
     choice = choice_for(model, who.owner)
     (target,) = chat.targets(choice, chat.TUNED, owner=who.owner)
     # A run answers best with the system prompt it trained with, as the Chat tab suggests.
     system = "" if any(m.get("role") == "system" for m in messages if isinstance(m, dict)) \
         else chat.system_for(choice, owner=who.owner) or ""
     history = generation.to_messages(messages, system)
-    settings = gate.admit(who, client, sum(len(m["content"]) for m in history),
-                          settings_from(body))
+    written = sum(len(m["content"]) for m in history) - len(system)  # the caller's own text
+    settings = gate.admit(who, client, written, settings_from(body))
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def pieces():
@@ -132,7 +133,7 @@ def router(caller_of: Callable[[Any], tuple]):
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
-            return refusal(RunError("The body must be a JSON object (the OpenAI chat format)."))
+            return refusal(ConfigError("The body must be a JSON object (the OpenAI chat format)."))
         who, gate, client = caller_of(request)
         try:
             answer = await run_in_threadpool(completion, body, who, gate, client)

@@ -143,3 +143,25 @@ def test_a_token_in_the_environment_lands_in_no_file_of_a_run(tiny_model, tiny_d
     assert len(files) > 10
     leaked = [p for p in files if token.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_the_api_applies_the_visitor_limits_with_openai_style_errors(bundled_model):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from finetune import api
+    from finetune.config import DEFAULT_MODEL
+
+    gate = access.Gate(access.Limits(max_input_chars=20, per_minute=2))
+    server = FastAPI()
+    server.include_router(api.router(lambda request: (visitor(), gate, "9.9.9.9")))
+    client = TestClient(server)
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [DEFAULT_MODEL]
+    long = client.post("/v1/chat/completions", json={
+        "model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "x" * 21}]})
+    assert long.status_code == 429 and "at most 20" in long.json()["error"]["message"]
+    other = client.post("/v1/chat/completions", json={
+        "model": "someone/else", "messages": [{"role": "user", "content": "hi"}]})
+    assert other.status_code == 403 and "Visitors may chat with" in other.json()["error"]["message"]
+    bad = client.post("/v1/chat/completions", content=b"not json")
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
