@@ -210,21 +210,26 @@ def _check_keys(data: Any, fields: dict, source: str) -> None:
                           f"Known settings: {', '.join(fields)}.")
 
 
-def from_dict(data: dict[str, Any], source: str = "settings") -> RunConfig:
-    """Build a validated config; unknown keys are an error that names them."""
-    _check_keys(data, FIELDS, source)
+def _build(cls, data: Any, fields: dict, coerce_one, check_one, source: str):
+    """An instance of the dataclass `cls` from text or values: unknown keys named, each value
+    coerced and checked, every problem in one ConfigError."""
+    _check_keys(data, fields, source)
     values, problems = {}, []
     for k, v in data.items():
         try:
-            values[k] = coerce(k, v)
+            values[k] = coerce_one(k, v)
         except ConfigError as e:
             problems.append(str(e))
-    cfg = RunConfig(**values)
-    problems += [p for f in dataclasses.fields(cfg) if f.name in values
-                 and (p := _check(f, getattr(cfg, f.name)))]
+    obj = cls(**values)
+    problems += [p for name in values if (p := check_one(fields[name], getattr(obj, name)))]
     if problems:
         raise ConfigError(f"{source}: invalid settings:\n  - " + "\n  - ".join(problems))
-    return cfg.validate()
+    return obj
+
+
+def from_dict(data: dict[str, Any], source: str = "settings") -> RunConfig:
+    """Build a validated config; unknown keys are an error that names them."""
+    return _build(RunConfig, data, FIELDS, coerce, _check, source).validate()
 
 
 def load(path: str | Path) -> RunConfig:
@@ -296,19 +301,8 @@ class GenerationSettings:
                   ) -> "GenerationSettings":
         """Validated settings from text or numbers (CLI flags, widgets); unknown keys are an
         error that names them."""
-        _check_keys(data, GENERATION_FIELDS, source)
-        values, problems = {}, []
-        for k, v in data.items():
-            try:
-                values[k] = _coerce_generation(k, v)
-            except ConfigError as e:
-                problems.append(str(e))
-        settings = cls(**values)
-        problems += [p for name in values
-                     if (p := _check_generation(GENERATION_FIELDS[name], getattr(settings, name)))]
-        if problems:
-            raise ConfigError(f"{source}: invalid settings:\n  - " + "\n  - ".join(problems))
-        return settings
+        return _build(cls, data, GENERATION_FIELDS, _coerce_generation, _check_generation,
+                      source)
 
 
 GENERATION_FIELDS = {f.name: f for f in dataclasses.fields(GenerationSettings)}
