@@ -111,7 +111,8 @@ def plot_svg(page: Page, title: str) -> Locator:
 
 
 def line_marks(page: Page, title: str) -> list[dict]:
-    """Each line drawn in the plot: its series name (when Vega says it) and its vertex count."""
+    """Each line the plot shows: a path with a shape and a colour (Vega leaves the stroke out
+    when the series has no colour, and then nothing shows); its label and vertex count."""
     svg = plot_svg(page, title)
     if not svg.count():
         return []
@@ -120,7 +121,8 @@ def line_marks(page: Page, title: str) -> list[dict]:
                   .map(p => ({d: p.getAttribute('d') || '',
                               label: p.getAttribute('aria-label') || '',
                               stroke: p.getAttribute('stroke') || ''}))
-                  .filter(m => m.d.length > 0)
+                  .filter(m => m.d.length > 0 && m.stroke
+                               && !['none', 'transparent'].includes(m.stroke))
                   .map(m => ({...m, points: (m.d.match(/[ML]/g) || []).length}))""")
 
 
