@@ -1,6 +1,6 @@
 """The browser suite's fixtures: one app server, one headless Chromium, one tiny model per session.
 
-    python -m pytest -q tests/browser                 # about 2 minutes on 2 CPU cores
+    python -m pytest -q tests/browser                 # about 3 minutes on 2 busy CPU cores
     UPDATE_SCREENSHOTS=1 python -m pytest -q tests/browser   # also refresh docs/screenshots/
 
 The app runs as a person would start it (app.py's `demo`, served over HTTP in a subprocess) with
