@@ -69,7 +69,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     gen_rows = rows[:n_gen]
 
     from finetune import data as datamod
-    from finetune import generation, hardware, jobs, models
+    from finetune import hardware, jobs, models
 
     device, dtype = hardware.inference_settings()
     hardware.use_inference_threads(training_active=jobs.active_run() is not None)
@@ -78,8 +78,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     counter = datamod.TokenCounter.from_tokenizer(tokenizer, source.name)
     longest = max(counter.encode_lengths([ref for _, ref in gen_rows]))
     max_new = min(2048, int(ANSWER_ROOM * longest) + 8)
-    max_length = cfg.max_length if isinstance(cfg.max_length, int) else 2048
-    batch = 16 if device == "cuda" else 8
+    max_length = _scored_length(cfg)
+    batch = _batch(device)
     log(f"Evaluating {run_dir.name} on {described}: loss on {len(loss_rows)} rows, answers to "
         f"{n_gen} (greedy, up to {max_new} new tokens), {device} {dtype}")
 
@@ -92,31 +92,25 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         if progress is not None:
             progress(min(1.0, (model_index * per_model + units) / (2 * per_model)), desc)
 
+    def load(kind: str):
+        if kind == "base":
+            return models.load_model(source, dtype=dtype, device=device).eval()
+        return models.load_tuned(run_dir, dtype=dtype, device=device, merge=True)[0]
+
     report_metrics: dict[str, dict] = {}
     answers: dict[str, list[str]] = {}
     for index, kind in enumerate(("base", "tuned")):
         tell(index, 0, f"Loading the {kind} model")
         log(f"Loading the {kind} model...")
-        if kind == "base":
-            model = models.load_model(source, dtype=dtype, device=device)
-            model.eval()
-        else:
-            model, _ = models.load_tuned(run_dir, dtype=dtype, device=device, merge=True)
-        try:
-            nll, tokens = generation.completion_nll(
-                model, tokenizer, loss_rows, max_length=max_length, batch_size=batch,
-                on_batch=lambda done, total, i=index: tell(
-                    i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"))
-            answers[kind] = generation.generate_batch(
-                model, tokenizer, [p for p, _ in gen_rows], max_new, batch_size=batch,
-                on_batch=lambda done, total, i=index: tell(
-                    i, 1 + loss_batches + gen_batches * done / total,
-                    f"{kind}: answers {done}/{total}"))
-        finally:
-            del model  # release before the next model is loaded
-            gc.collect()
-            _empty_device_cache(device)
-        loss = nll / tokens if tokens else None
+        # loaded inline: once the call returns nothing holds it, and _release frees it
+        loss, answers[kind] = _loss_and_answers(
+            load(kind), tokenizer, loss_rows, gen_rows, max_new, max_length, device,
+            on_loss=lambda done, total, i=index: tell(
+                i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"),
+            on_answers=lambda done, total, i=index: tell(
+                i, 1 + loss_batches + gen_batches * done / total,
+                f"{kind}: answers {done}/{total}"))
+        _release(device)
         scores = metrics.compute(answers[kind], [r for _, r in gen_rows])
         scores["loss"] = loss
         scores["perplexity"] = math.exp(min(loss, 700)) if loss is not None else None
@@ -149,6 +143,35 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     tell(1, per_model, "done")
     log(f"Saved {run_dir / 'eval.json'} ({report['seconds']} s)")
     return report
+
+
+def _batch(device: str) -> int:
+    return 16 if device == "cuda" else 8
+
+
+def _scored_length(cfg) -> int:
+    """Rows are cut where training cut them (a hand-written config may still say 'auto')."""
+    return cfg.max_length if isinstance(cfg.max_length, int) else 2048
+
+
+def _loss_and_answers(model, tokenizer, loss_rows, gen_rows, max_new: int, max_length: int,
+                      device: str, on_loss=None, on_answers=None) -> tuple[float | None, list[str]]:
+    """One model's mean loss on the answer tokens of `loss_rows` and its greedy answers to
+    `gen_rows`. Pass the model inline and call `_release` after: nothing else then holds it."""
+    from finetune import generation
+
+    batch = _batch(device)
+    nll, tokens = generation.completion_nll(model, tokenizer, loss_rows, max_length=max_length,
+                                            batch_size=batch, on_batch=on_loss)
+    answers = generation.generate_batch(model, tokenizer, [p for p, _ in gen_rows], max_new,
+                                        batch_size=batch, on_batch=on_answers)
+    return (nll / tokens if tokens else None), answers
+
+
+def _release(device: str) -> None:
+    """Free a model no longer referenced, before the next one is loaded."""
+    gc.collect()
+    _empty_device_cache(device)
 
 
 def evaluate_choice(run: str | None, test_file: str | None = None, on_file: bool = False,
@@ -367,7 +390,7 @@ def evaluate_export(run_dir: str | Path, name: str, kind: str, path: str | Path,
         if progress is not None:
             progress(span[0] + span[1] * fraction, f"{name}: {desc}")
 
-    from finetune import generation, hardware, jobs
+    from finetune import hardware, jobs
 
     cfg = runinfo.load_config(run_dir)
     rows, _ = _rows(cfg, None, log)
@@ -376,22 +399,12 @@ def evaluate_export(run_dir: str | Path, name: str, kind: str, path: str | Path,
     hardware.use_inference_threads(training_active=jobs.active_run() is not None)
     tell(0.0, "loading")
     log(f"Checking {name} ({path}) on {len(gen_rows)} held-out rows...")
-    model, tokenizer = _load_exported(kind, Path(path), dtype, device)
-    batch = 16 if device == "cuda" else 8
-    try:
-        max_length = cfg.max_length if isinstance(cfg.max_length, int) else 2048
-        nll, tokens = generation.completion_nll(
-            model, tokenizer, loss_rows, max_length=max_length, batch_size=batch,
-            on_batch=lambda done, total: tell(0.2 + 0.2 * done / total, f"loss {done}/{total}"))
-        answers = generation.generate_batch(
-            model, tokenizer, [p for p, _ in gen_rows], report["max_new_tokens"],
-            batch_size=batch,
-            on_batch=lambda done, total: tell(0.4 + 0.6 * done / total, f"answers {done}/{total}"))
-    finally:
-        del model
-        gc.collect()
-        _empty_device_cache(device)
-    loss = nll / tokens if tokens else None
+    loss, answers = _loss_and_answers(
+        *_load_exported(kind, Path(path), dtype, device), loss_rows, gen_rows,
+        report["max_new_tokens"], _scored_length(cfg), device,
+        on_loss=lambda done, total: tell(0.2 + 0.2 * done / total, f"loss {done}/{total}"),
+        on_answers=lambda done, total: tell(0.4 + 0.6 * done / total, f"answers {done}/{total}"))
+    _release(device)
     entry = {"kind": kind, "path": str(path), "precision": precision, "answers": answers,
              "loss": loss, "seconds": round(time.time() - started, 1),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
