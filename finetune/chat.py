@@ -148,12 +148,12 @@ def offered_runs(owner: bool = True) -> list[Path]:
     runs = finished_runs()
     if owner:
         return runs
-    flags = {r: runinfo.read_status(r).get("offered") for r in runs}
-    chosen = [r for r in runs if flags[r] is True]
+    status = {r: runinfo.read_status(r) for r in runs}
+    chosen = [r for r in runs if status[r].get("offered") is True]
     if chosen:
         return chosen
-    completed = [r for r in runs if flags[r] is None
-                 and runinfo.read_status(r).get("state") == "completed"]
+    completed = [r for r in runs if status[r].get("offered") is None
+                 and status[r].get("state") == "completed"]
     return completed[:1]
 
 
