@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
     b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~2 h on 2 CPU cores)")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--model", help="train: the model (default: the bundled one)")
+    b.add_argument("--data", help="train: the data (default: sample:contacts)")
+    b.add_argument("--steps", type=int, help="train: optimizer steps per side (default: 12)")
+    b.add_argument("--rounds", type=int, help="train: baseline/ours pairs, run alternately "
+                   "(default: 1)")
     return p
 
 
@@ -308,15 +313,17 @@ def cmd_bench(args) -> int:
     from finetune import bench
 
     names = bench.check_names(args.what)
+    options = {k: getattr(args, k) for k in ("model", "data", "steps", "rounds")
+               if getattr(args, k) is not None}
     if args.json:
         import contextlib
 
         with contextlib.redirect_stdout(sys.stderr):  # training logs as it goes: not the JSON
-            results = bench.run_all(names)
+            results = bench.run_all(names, options)
         print(json.dumps(results, indent=2, default=str))
         return 0
     for name in names:
-        print(f"{name}: {json.dumps(bench.run_one(name), default=str)}", flush=True)
+        print(f"{name}: {json.dumps(bench.run_one(name, options), default=str)}", flush=True)
     return 0
 
 

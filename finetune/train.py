@@ -219,9 +219,10 @@ def explain(e: BaseException) -> str:
 def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from transformers import set_seed
+    from trl import SFTConfig
 
-    from finetune import data, hardware, models
+    from finetune import data, fastpath, hardware, models
 
     import datasets
 
@@ -245,6 +246,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     tokenizer = models.load_tokenizer(source)
     model = models.load_model(source, dtype=cfg.precision, quantize_4bit=cfg.method == "qlora",
                               device="cpu" if hw.device == "cpu" else hw.device)
+    _log(run_dir, tee, f"attention: {fastpath.prepare_model(model)}")
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         peft_config = models.lora_config(int(cfg.lora_r), int(cfg.lora_alpha), cfg.lora_dropout,
@@ -281,6 +283,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=0,
         completion_only_loss=True,
+        **fastpath.sft_overrides(),
     )
     callbacks = _make_callbacks(run_dir, stop, int(cfg.max_steps))
     stopper = None
@@ -288,8 +291,10 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         stopper = _EarlyStop(int(cfg.early_stopping_patience), float(cfg.early_stopping_min_delta),
                              int(cfg.max_steps), float(cfg.early_stopping_loss))
         callbacks.append(stopper.callback())
-    trainer = SFTTrainer(
+    set_seed(cfg.seed)  # the adapters start the same in every run of this config
+    trainer = fastpath.trainer_class()(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
+        data_collator=fastpath.collator(tokenizer, cfg.packing),
         train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
         eval_dataset=Dataset.from_list(to_trl_rows(splits.val)) if has_val else None,
         callbacks=callbacks)

@@ -1,7 +1,7 @@
 """Speed on this machine, measured (never assumed), with the CPU/GPU named beside every figure.
 
     python -m finetune bench                 # hardware, data, chat, train
-    python -m finetune bench train --json    # LoRA training tokens/s on the bundled model
+    python -m finetune bench train --json    # our training against plain TRL, same run
     python -m finetune bench chat            # time to first token, decode tokens/s
     python -m finetune bench data            # `data inspect` on 100,000 rows
     python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~2 h)
@@ -27,10 +27,10 @@ def bench_hardware() -> dict:
     return hardware.summary()
 
 
-def bench_train() -> dict:
+def bench_train(**options) -> dict:
     from finetune.bench.train import bench_train as run
 
-    return run()
+    return run(log=log, **options)
 
 
 def bench_chat() -> dict:
@@ -65,9 +65,12 @@ def check_names(what: list[str]) -> list[str]:
     return list(what) or QUICK
 
 
-def run_one(name: str) -> dict:
+def run_one(name: str, train_options: dict | None = None) -> dict:
+    """One benchmark; `train_options` (model, data, steps, rounds) go to the train benchmark."""
+    if name == "train":
+        return bench_train(**(train_options or {}))
     return BENCHES[name]()
 
 
-def run_all(names: list[str]) -> dict:
-    return {name: run_one(name) for name in names}
+def run_all(names: list[str], train_options: dict | None = None) -> dict:
+    return {name: run_one(name, train_options) for name in names}

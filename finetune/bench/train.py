@@ -1,30 +1,122 @@
-"""Training speed: LoRA on the bundled model with the demo settings, real tokens/s and peak memory.
+"""Training speed: this project's pipeline against plain TRL + PEFT on the same run, same machine.
 
-    python -m finetune bench train
+    python -m finetune bench train --json                  # bundled model, sample:contacts
+    python -m finetune bench train --json --rounds 2       # baseline, ours, baseline, ours
+    python -m finetune bench train --json --model DIR --steps 3 --data FILE   # any model/data
+
+Both sides get the same model, data, LoRA settings, batch, learning rate, schedule, seed and
+steps (planned once, as `python -m finetune train` plans them). The baseline is TRL's
+`SFTTrainer` + PEFT with TRL's own defaults for everything else (gradient checkpointing, the
+padded collator, its loss path with entropy and token accuracy) except the precision, which
+follows the machine (`hardware.choose_precision`), as ours does. Each side trains in its own
+child process, one after the other, so its peak memory (RSS from `wait4`, or the CUDA peak) is
+its own. Tokens/s counts real tokens (no padding) from the second step on; MFU counts ~4 x
+parameters FLOPs a token for LoRA (forward, and the backward to the inputs) against the
+probe's matmul peak (`hardware.probe`).
 """
 
 from __future__ import annotations
 
-import resource
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+SIDES = ("baseline", "ours")
 
 
-def bench_train(steps: int = 12) -> dict:
-    from finetune import config, hardware, jobs, runinfo, train
+def _child(side: str, run_dir: Path) -> dict:
+    """Train one side in a child process; its metrics, status, peak memory and wall time."""
+    from finetune import runinfo
 
-    cfg = config.RunConfig(max_steps=steps, val_fraction=0.0, early_stopping=False,
+    start = time.time()
+    with open(run_dir / "train.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "finetune.bench.child", side, str(run_dir)],
+                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        _, code, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(code)
+    child = runinfo.read_json(run_dir / "bench.json", {}) or {}
+    metrics = [m for m in runinfo.read_metrics(run_dir) if "loss" in m]
+    status = runinfo.read_status(run_dir)
+    if proc.returncode != 0 or status.get("state") != "completed":
+        from finetune.errors import FinetuneError
+
+        raise FinetuneError(f"bench train: the {side} run failed ({status.get('error') or 'exit '}"
+                            f"{proc.returncode}); see {run_dir / 'train.log'}.")
+    rss_gb = usage.ru_maxrss / 2**20  # kilobytes on Linux
+    cuda_gb = child.get("cuda_peak_gb")
+    skip = 1 if len(metrics) > 2 else 0  # the first step holds one-off allocations
+    a, b = metrics[skip], metrics[-1]
+    tokens = b["tokens"] - (a["tokens"] if skip else 0)
+    seconds = b["time"] - (a["time"] if skip else 0.0)
+    return {"tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+            "peak_memory_gb": round(cuda_gb if cuda_gb is not None else rss_gb, 3),
+            "peak_rss_gb": round(rss_gb, 3), "cuda_peak_gb": cuda_gb,
+            "steps": len(metrics), "tokens": metrics[-1]["tokens"],
+            "wall_s": round(time.time() - start, 1), "attention": child.get("attention"),
+            "loss": [round(m["loss"], 5) for m in metrics], "run": str(run_dir)}
+
+
+def compare(ours: dict, baseline: dict) -> dict:
+    """Ratios and how far the loss curves are apart (step by step)."""
+    diffs = [abs(x - y) for x, y in zip(ours["loss"], baseline["loss"])]
+    return {"speedup_vs_baseline": round(ours["tokens_per_s"] / baseline["tokens_per_s"], 3),
+            "memory_vs_baseline": round(ours["peak_memory_gb"] / baseline["peak_memory_gb"], 3),
+            "loss_max_abs_diff": round(max(diffs), 5) if diffs else None,
+            "loss_max_rel_diff": round(max(d / max(abs(y), 1e-9) for d, y in
+                                           zip(diffs, baseline["loss"])), 5) if diffs else None,
+            "same_tokens": ours["tokens"] == baseline["tokens"]}
+
+
+def bench_train(model: str | None = None, steps: int | None = None, rounds: int | None = None,
+                data: str | None = None, log=print) -> dict:
+    from finetune import config, hardware, models, plan, runinfo
+
+    steps, rounds = steps or 12, rounds or 1
+    cfg = config.RunConfig(model=model or config.DEFAULT_MODEL, data=data or config.DEFAULT_DATA,
+                           max_steps=steps, val_fraction=0.0, early_stopping=False,
                            save_steps=steps, eval_steps=steps, name="bench-train")
-    planned = jobs.prepare_run(cfg)
-    resolved = planned.config
-    t0 = time.time()
-    status = train.run(planned.run_dir, tee=False)
-    seconds = time.time() - t0
-    metrics = [m for m in runinfo.read_metrics(planned.run_dir) if m.get("tokens_per_s")]
-    speeds = [m["tokens_per_s"] for m in metrics[2:]] or [m["tokens_per_s"] for m in metrics]
-    return {"state": status.get("state"), "steps": steps, "batch": resolved.batch_size,
-            "max_length": resolved.max_length, "precision": resolved.precision,
-            "tokens_per_s_median": statistics.median(speeds) if speeds else None,
-            "seconds": round(seconds, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-            "machine": hardware.detect().describe()}
+    resolved = plan.plan(cfg).config
+    results: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for r in range(rounds):
+        for side in SIDES:  # alternately: a load on the machine that comes and goes hits both
+            run_dir = runinfo.new_run_dir(f"bench-{side}")
+            resolved.save(run_dir / "config.yaml")
+            runinfo.update_status(run_dir, state="queued", created=time.time(), step=0)
+            log(f"bench train: round {r + 1} of {rounds}, {side} ({run_dir})")
+            results[side].append(_child(side, run_dir))
+            one = results[side][-1]
+            log(f"  {one['tokens_per_s']} tokens/s, peak {one['peak_memory_gb']} GB")
+    hw = hardware.detect()
+    gflops = hardware.probe()
+    peak = gflops.get(resolved.precision)
+    n_params = models.model_shape(models.resolve(resolved.model))["n_params"]
+
+    def summary(side: str) -> dict:
+        runs = results[side]
+        out = dict(runs[-1])
+        out["tokens_per_s"] = statistics.median(x["tokens_per_s"] for x in runs)
+        out["peak_memory_gb"] = max(x["peak_memory_gb"] for x in runs)
+        out["tokens_per_s_all"] = [x["tokens_per_s"] for x in runs]
+        if peak:
+            out["mfu"] = round(out["tokens_per_s"] * 4 * n_params / (peak * 1e9), 4)
+        return out
+
+    ours, baseline = summary("ours"), summary("baseline")
+    flags = hw.cpu_flags
+    return {
+        **compare(ours, baseline),
+        "ours": ours, "baseline": baseline,
+        "settings": {"model": resolved.model, "data": resolved.data, "method": resolved.method,
+                     "lora_r": resolved.lora_r, "batch_size": resolved.batch_size,
+                     "grad_accum": resolved.grad_accum, "max_length": resolved.max_length,
+                     "steps": steps, "precision": resolved.precision, "rounds": rounds,
+                     "order": "baseline then ours, alternately", "n_params": n_params},
+        "machine": {"device": hw.device, "name": hw.name, "cpu_model": hardware.cpu_model(),
+                    "avx512_bf16": "avx512_bf16" in flags, "threads": hw.threads,
+                    "gflops": gflops, "describe": hw.describe(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }

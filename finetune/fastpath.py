@@ -1,0 +1,155 @@
+"""The fast training path: the same loss on the same tokens as plain TRL, with less work per step.
+
+    python -m finetune bench train --json    # this path against plain TRL + PEFT, same run
+
+What it changes, and only inside TRL's SFTTrainer (TRL and PEFT stay the engine):
+- Padding-free batches: the rows of a batch are laid end to end in one sequence (TRL's own
+  collator, `padding_free=True`), so no layer computes anything on padding.
+- Attention row by row (`sdpa_rows`): SDPA with `is_causal` on each row's slice of the packed
+  sequence, from the row starts TRL's collator gives (`cu_seq_lens_q`). transformers' own answer
+  to packed sequences on SDPA is a (tokens x tokens) block mask, whose attention costs grow with
+  the square of the whole batch (~10x the work for 8 rows) and whose weights stay in memory for
+  the backward pass. Flash attention (GPU, when installed) does the same natively.
+- Logits only where the loss is: the hidden states of the positions whose next token is an answer
+  token go through the lm-head (`logits_to_keep` as a mask); the prompt never meets the 49k-word
+  head. The loss is TRL's: the summed cross-entropy of the answer tokens over `num_items_in_batch`.
+- No per-step pass over the logits for metrics (TRL logs entropy and token accuracy every step).
+- Validation returns the loss only (no logits gathered across batches).
+"""
+
+from __future__ import annotations
+
+ROW_ATTENTION = "sdpa_rows"
+# The last batch's row bounds: every layer gets the same tensor, read from the device once. Held
+# by reference (compared with `is`), so a new batch at the same address is never mistaken for it.
+_last_bounds: list = [None, None]
+
+
+def _row_bounds(query, kwargs) -> list[int] | None:
+    """Row starts (and the end) of a packed batch of one sequence; None when not packed."""
+    if query.shape[0] != 1:
+        return None
+    cu = kwargs.get("cu_seq_lens_q")
+    position_ids = kwargs.get("position_ids")
+    source = cu if cu is not None else position_ids
+    if source is None:
+        return None
+    if _last_bounds[0] is source:
+        return _last_bounds[1]
+    if cu is not None:
+        bounds = [int(x) for x in cu.tolist()]
+    else:
+        starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+        bounds = [int(x) for x in starts] + [int(position_ids.shape[-1])]
+        if not bounds or bounds[0] != 0:
+            bounds = [0] + bounds
+    _last_bounds[:] = [source, bounds]
+    return bounds
+
+
+def row_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA on each row of a padding-free batch (causal within the row, nothing across rows);
+    plain SDPA for everything else (padded batches, generation with a cache)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = None
+    if attention_mask is None and query.shape[2] == key.shape[2]:
+        bounds = _row_bounds(query, kwargs)
+    if bounds is None or len(bounds) <= 2:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    rest = {k: v for k, v in kwargs.items() if k not in ("is_causal", "position_ids")}
+    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                   None, is_causal=True, **rest)[0]
+            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return torch.cat(outs, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns
+
+
+def _row_mask(*args, attention_mask=None, **kwargs):
+    """No mask for padding-free batches (row_attention keeps rows apart); SDPA's mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ROW_ATTENTION, row_attention)
+    AttentionMaskInterface.register(ROW_ATTENTION, _row_mask)
+
+
+def prepare_model(model) -> str:
+    """Switch a freshly loaded model to row-by-row attention where it uses SDPA or eager attention
+    (flash attention is padding-free already); returns the attention in use."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if current not in ("sdpa", "eager"):
+        return str(current)
+    register()
+    try:
+        model.set_attn_implementation(ROW_ATTENTION)
+    except (ValueError, TypeError):  # a model outside the attention interface: leave it as it is
+        return str(current)
+    return ROW_ATTENTION
+
+
+def sft_overrides() -> dict:
+    """SFTConfig settings of the fast path (validation reports its loss alone)."""
+    return {"prediction_loss_only": True}
+
+
+def collator(tokenizer, packing: bool):
+    """TRL's collator in padding-free mode; None with packing, where TRL makes its own (padding-free
+    too). TRL refuses `padding_free=True` together with `max_length` unless packing, though it
+    truncates rows to `max_length` while preparing the data either way: passing the collator keeps
+    both."""
+    if packing:
+        return None
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+
+
+def answer_loss(model, inputs: dict, num_items_in_batch=None):
+    """(loss, outputs): the model's forward with logits on the answer positions only, and TRL's
+    loss (summed cross-entropy over `num_items_in_batch`, or the mean without it)."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    targets = labels[:, 1:]
+    wanted = targets != -100
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = wanted
+    inputs["use_cache"] = False
+    outputs = model(**inputs, logits_to_keep=keep)
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+    loss = F.cross_entropy(logits.float(), targets[wanted], reduction="sum")
+    count = wanted.sum() if num_items_in_batch is None else num_items_in_batch
+    return loss / torch.as_tensor(count, device=loss.device).clamp(min=1), outputs
+
+
+def trainer_class():
+    """SFTTrainer with the answer-only loss (same value as TRL's, no metric passes)."""
+    from trl import SFTTrainer
+
+    class FastSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            loss, outputs = answer_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            if mode == "train":  # real tokens: the attention mask's, or a padding-free row's length
+                if "attention_mask" in inputs:
+                    tokens = inputs["attention_mask"].sum()
+                else:
+                    tokens = inputs["input_ids"].new_tensor(inputs["input_ids"].shape[1])
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(tokens).sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, outputs) if return_outputs else loss
+
+    return FastSFTTrainer
