@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
     b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~2 h on 2 CPU cores)")
     b.add_argument("--json", action="store_true")
-    b.add_argument("--model", help="train: the model (default: the bundled one)")
+    b.add_argument("--model", help="train, chat: the model (default: the bundled one)")
     b.add_argument("--data", help="train: the data (default: sample:contacts)")
     b.add_argument("--steps", type=int, help="train: optimizer steps per side (default: 12)")
     b.add_argument("--rounds", type=int, help="train: baseline/ours pairs, run alternately "

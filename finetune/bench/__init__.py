@@ -2,7 +2,7 @@
 
     python -m finetune bench                 # hardware, data, chat, train
     python -m finetune bench train --json    # our training against plain TRL, same run
-    python -m finetune bench chat            # time to first token, decode tokens/s
+    python -m finetune bench chat --json     # the Chat tab against plain generate, same run
     python -m finetune bench data            # `data inspect` on 100,000 rows
     python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~2 h)
 
@@ -33,10 +33,10 @@ def bench_train(**options) -> dict:
     return run(log=log, **options)
 
 
-def bench_chat() -> dict:
+def bench_chat(model: str | None = None) -> dict:
     from finetune.bench.chat import bench_chat as run
 
-    return run(log=log)
+    return run(model=model, log=log)
 
 
 def bench_data() -> dict:
@@ -65,12 +65,16 @@ def check_names(what: list[str]) -> list[str]:
     return list(what) or QUICK
 
 
-def run_one(name: str, train_options: dict | None = None) -> dict:
-    """One benchmark; `train_options` (model, data, steps, rounds) go to the train benchmark."""
+def run_one(name: str, options: dict | None = None) -> dict:
+    """One benchmark; `options` (model, data, steps, rounds) go to the train benchmark, the
+    model to the chat benchmark too."""
+    options = options or {}
     if name == "train":
-        return bench_train(**(train_options or {}))
+        return bench_train(**options)
+    if name == "chat":
+        return bench_chat(options.get("model"))
     return BENCHES[name]()
 
 
-def run_all(names: list[str], train_options: dict | None = None) -> dict:
-    return {name: run_one(name, train_options) for name in names}
+def run_all(names: list[str], options: dict | None = None) -> dict:
+    return {name: run_one(name, options) for name in names}

@@ -1,12 +1,15 @@
-"""How fast the Chat tab answers on this machine: time to first token and decode tokens/s.
+"""How fast the Chat tab answers on this machine, against plain `transformers` `generate`.
 
-    python -m finetune bench chat
+    python -m finetune bench chat --json
 
-Uses the bundled model, the device and precision chat uses
-(`hardware.inference_settings`), a short chat prompt through the chat template, greedy decoding
-of a fixed number of tokens. One warm-up, then the median of `repeats` timed answers, at the
-thread count chat uses and (on a CPU) at one thread: on a busy machine a second thread can cost
-more in waiting than it gives. The load average is recorded, since it changes the figures.
+Uses the bundled model, the device and precision chat uses (`hardware.inference_settings`), a
+short chat prompt through the chat template and greedy decoding. Two ways on the same loaded
+model, alternately (a load on the machine that comes and goes hits both):
+  generate  plain `model.generate` with a streamer that timestamps each token
+  chat      `generation.stream`, what the Chat tab and `python -m finetune chat` run
+One warm-up each, then the median of `repeats` answers: time to first token (template and
+tokenizer included) and decode tokens/s after the first. The answers must be the same text.
+The load average is recorded, since it changes the figures.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "Give me three tips for writing a clear email."}]
 
 
-def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
+def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = None,
+               log=print) -> dict:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -37,78 +41,84 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, log=print) -> dict:
             if not self.prompt_seen:
                 self.prompt_seen = True
                 return
-            self.times.append(time.perf_counter())
+            self.times.extend([time.perf_counter()] * int(value.numel()))
 
         def end(self):
             pass
 
     device, dtype = hardware.inference_settings()
     t0 = time.perf_counter()
-    source = models.resolve("bundled")
-    model = models.load_model(source, dtype=dtype, device=device)
-    model.eval()
+    source = models.resolve(model or "bundled")
+    lm = models.load_model(source, dtype=dtype, device=device)
+    lm.eval()
     tokenizer = models.load_tokenizer(source)
     load_s = time.perf_counter() - t0
     log(f"Loaded {source.name} in {load_s:.1f} s on {device} {dtype}")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
 
-    def once(n: int) -> tuple[float, float, int]:
-        cfg = generation.generation_config(model, tokenizer, GenerationSettings(max_new_tokens=n))
-        cfg.min_new_tokens = n  # a fixed length, so runs compare
+    def plain() -> tuple[float, float, str]:
+        cfg = generation.generation_config(lm, tokenizer, settings)
         clock = Clock()
         start = time.perf_counter()
         ids = generation.prompt_ids(tokenizer, PROMPT)  # template + tokenizer count as latency
-        input_ids = torch.tensor([ids], device=model.device)
+        input_ids = torch.tensor([ids], device=lm.device)
         with torch.inference_mode():
-            model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                           generation_config=cfg, streamer=clock)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ttft = clock.times[0] - start
-        decode = (len(clock.times) - 1) / (clock.times[-1] - clock.times[0]) \
-            if len(clock.times) > 1 else 0.0
-        return ttft, decode, len(ids)
+            out = lm.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                              generation_config=cfg, streamer=clock)
+        text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        return _speeds(start, clock.times, len(clock.times)) + (text,)
 
-    def measure() -> dict:
-        once(8)  # warm-up: first-call allocations and kernel choice are not what a user waits for
-        runs = [once(max_new_tokens) for _ in range(repeats)]
-        ttfts, decodes = [r[0] for r in runs], [r[1] for r in runs]
-        return {"prompt_tokens": runs[0][2],
-                "ttft_s": round(statistics.median(ttfts), 4),
-                "decode_tokens_per_s": round(statistics.median(decodes), 1),
-                "ttft_s_all": [round(t, 4) for t in ttfts],
-                "decode_tokens_per_s_all": [round(d, 1) for d in decodes]}
+    def chat_path() -> tuple[float, float, str]:
+        start, times, text = time.perf_counter(), [], ""
+        for piece in generation.stream(lm, tokenizer, PROMPT, settings):
+            times.append(time.perf_counter())
+            text += piece
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return _speeds(start, times, n) + (text,)
 
-    threads = torch.get_num_threads()
-    main = measure()
-    by_threads = {threads: {k: main[k] for k in ("ttft_s", "decode_tokens_per_s")}}
-    if device == "cpu" and threads > 1:
-        torch.set_num_threads(1)
-        try:
-            one = measure()
-        finally:
-            torch.set_num_threads(threads)
-        by_threads[1] = {k: one[k] for k in ("ttft_s", "decode_tokens_per_s")}
+    ways = {"generate": plain, "chat": chat_path}
+    runs: dict[str, list] = {name: [] for name in ways}
+    for name, way in ways.items():  # warm-up: first-call allocations are not what a user waits for
+        way()
+    for _ in range(repeats):
+        for name, way in ways.items():
+            runs[name].append(way())
+    summary = {name: {"ttft_s": round(statistics.median(r[0] for r in rs), 4),
+                      "decode_tokens_per_s": round(statistics.median(r[1] for r in rs), 1),
+                      "ttft_s_all": [round(r[0], 4) for r in rs],
+                      "decode_tokens_per_s_all": [round(r[1], 1) for r in rs]}
+               for name, rs in runs.items()}
+    ours, base = summary["chat"], summary["generate"]
     flags = hardware.cpu_flags()
     result = {
-        "model": source.name,
-        "device": device,
-        "dtype": dtype,
-        "cpu_model": hardware.cpu_model(),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "cpu_flags": flags,
-        "torch_threads": threads,
+        "decode_speedup_vs_generate": round(ours["decode_tokens_per_s"]
+                                            / max(base["decode_tokens_per_s"], 1e-9), 3),
+        "ttft_vs_generate": round(ours["ttft_s"] / max(base["ttft_s"], 1e-9), 3),
+        "same_answer": len({r[2] for rs in runs.values() for r in rs}) == 1,
+        "chat": ours, "generate": base,
+        "ttft_s": ours["ttft_s"], "decode_tokens_per_s": ours["decode_tokens_per_s"],
+        "answer": runs["chat"][0][2],
+        "model": source.name, "device": device, "dtype": dtype,
+        "cpu_model": hardware.cpu_model(), "avx512_bf16": "avx512_bf16" in flags,
+        "cpu_flags": flags, "torch_threads": torch.get_num_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "new_tokens": max_new_tokens,
-        "repeats": repeats,
-        "load_s": round(load_s, 2),
-        **main,
-        "by_threads": by_threads,
+        "max_new_tokens": max_new_tokens, "repeats": repeats, "load_s": round(load_s, 2),
+        "order": "generate then chat, alternately",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name(0)
-    log(f"time to first token {result['ttft_s'] * 1000:.0f} ms, decode "
-        f"{result['decode_tokens_per_s']:.1f} tokens/s at {threads} threads "
-        f"({result['cpu_model']}, "
-        f"avx512_bf16: {result['avx512_bf16']}, load {result['load_avg_1m']})")
+    log(f"chat: first token {ours['ttft_s'] * 1000:.0f} ms, {ours['decode_tokens_per_s']:.1f} "
+        f"tokens/s; generate: {base['ttft_s'] * 1000:.0f} ms, {base['decode_tokens_per_s']:.1f} "
+        f"tokens/s ({result['cpu_model']}, avx512_bf16: {result['avx512_bf16']}, load "
+        f"{result['load_avg_1m']})")
     return result
 
+
+def _speeds(start: float, times: list[float], tokens: int) -> tuple[float, float]:
+    """(time to first token, decode tokens/s after the first) from arrival times of pieces."""
+    if not times:
+        return float("inf"), 0.0
+    ttft = times[0] - start
+    span = times[-1] - times[0]
+    return ttft, (tokens - 1) / span if span > 0 and tokens > 1 else 0.0

@@ -1,0 +1,72 @@
+"""The fast training path learns what plain TRL learns: same loss and gradients on the same rows;
+`bench train --json` reports both sides."""
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from finetune import cli, fastpath
+
+
+def _rows():
+    torch.manual_seed(1)
+    rows = []
+    for n, answer in [(20, 5), (33, 9), (12, 3), (7, 2)]:
+        ids = torch.randint(5, 700, (n,)).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (n - answer) + ids[n - answer:]})
+    return rows
+
+
+def test_padding_free_rows_and_answer_logits_give_plain_trls_loss_and_gradients(tiny_model):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model)
+    fast = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert fastpath.prepare_model(fast) == fastpath.ROW_ATTENTION
+    rows = _rows()
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(rows)
+    packed = fastpath.collator(type("Tok", (), {"pad_token_id": 0}), packing=False)(rows)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
+    assert packed["input_ids"].shape[1] == sum(len(r["input_ids"]) for r in rows)  # no padding
+
+    n_items = (padded["labels"] != -100).sum()
+    logits = plain(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                           padded["labels"][:, 1:].reshape(-1), reduction="sum") / n_items
+    got, out = fastpath.answer_loss(fast, packed, n_items)
+    assert out.logits.shape[0] == n_items  # the lm-head ran on answer positions only
+    assert torch.allclose(got, want, atol=1e-5)
+    want.backward()
+    got.backward()
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_rows_of_a_packed_batch_do_not_see_each_other(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    fastpath.prepare_model(model)
+    first, second = torch.randint(5, 700, (1, 9)), torch.randint(5, 700, (1, 6))
+    alone = model(input_ids=second).logits[0]
+    packed = model(input_ids=torch.cat([first, second], dim=1),
+                   position_ids=torch.cat([torch.arange(9), torch.arange(6)])[None]).logits[0, 9:]
+    assert torch.allclose(alone, packed, atol=1e-5)
+
+
+def test_bench_train_json_has_both_sides_and_their_loss_curves(tiny_model, tiny_data, capsys):
+    code = cli.main(["bench", "train", "--json", "--model", str(tiny_model), "--data",
+                     str(tiny_data), "--steps", "2"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)["train"]
+    for key in ("speedup_vs_baseline", "memory_vs_baseline", "machine", "settings"):
+        assert key in result
+    for side in ("ours", "baseline"):
+        assert result[side]["tokens_per_s"] > 0 and result[side]["peak_memory_gb"] > 0
+        assert len(result[side]["loss"]) == 2
+    assert result["ours"]["attention"] == fastpath.ROW_ATTENTION
+    assert result["same_tokens"]
+    assert result["loss_max_abs_diff"] < 1e-3  # the same loss on the same tokens
+    assert "avx512_bf16" in result["machine"] and result["machine"]["cpu_model"]
