@@ -15,6 +15,7 @@ What it changes, and only inside TRL's SFTTrainer (TRL and PEFT stay the engine)
   head. The loss is TRL's: the summed cross-entropy of the answer tokens over `num_items_in_batch`.
 - No per-step pass over the logits for metrics (TRL logs entropy and token accuracy every step).
 - Validation returns the loss only (no logits gathered across batches).
+- On a CPU with glibc, freed activations go back to the system (`release_freed_memory`).
 """
 
 from __future__ import annotations
@@ -82,9 +83,30 @@ def register() -> None:
     AttentionMaskInterface.register(ROW_ATTENTION, _row_mask)
 
 
+def release_freed_memory() -> bool:
+    """glibc only: serve buffers of 1 MB and more from mmap, so that a freed activation goes back
+    to the system. By default glibc raises that limit to the largest buffer freed so far, after
+    which activations come from the heap, which fragments and keeps growing from step to step:
+    measured on the bundled model (8 rows, AMD EPYC, no avx512_bf16) the peak RSS went from 3.7
+    to 2.4 GB over three steps, at the same step time. True when the setting took."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
+        return False
+
+
 def prepare_model(model) -> str:
     """Switch a freshly loaded model to row-by-row attention where it uses SDPA or eager attention
-    (flash attention is padding-free already); returns the attention in use."""
+    (flash attention is padding-free already), and on a CPU let freed memory go back to the
+    system (`release_freed_memory`); returns the attention in use."""
+    if model.device.type == "cpu":
+        release_freed_memory()
     current = getattr(model.config, "_attn_implementation", None)
     if current not in ("sdpa", "eager"):
         return str(current)
