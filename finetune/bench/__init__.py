@@ -21,6 +21,26 @@ def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
+def cpu_id() -> str:
+    """The CPU's model name with its family and model numbers (the name alone can be 'AMD EPYC'
+    for several generations)."""
+    from finetune import hardware
+
+    name, fields = hardware.cpu_model(), {}
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+            if not line.strip():
+                break
+    except OSError:
+        return name
+    if fields:
+        return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    return name
+
+
 def bench_hardware() -> dict:
     from finetune import hardware
 

@@ -28,6 +28,7 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
     from transformers.generation.streamers import BaseStreamer
 
     from finetune import generation, hardware, models
+    from finetune.bench import cpu_id
     from finetune.config import GenerationSettings
 
     class Clock(BaseStreamer):
@@ -99,7 +100,7 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
         "ttft_s": ours["ttft_s"], "decode_tokens_per_s": ours["decode_tokens_per_s"],
         "answer": runs["chat"][0][2],
         "model": source.name, "device": device, "dtype": dtype,
-        "cpu_model": hardware.cpu_model(), "avx512_bf16": "avx512_bf16" in flags,
+        "cpu_model": cpu_id(), "avx512_bf16": "avx512_bf16" in flags,
         "cpu_flags": flags, "torch_threads": torch.get_num_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "max_new_tokens": max_new_tokens, "repeats": repeats, "load_s": round(load_s, 2),

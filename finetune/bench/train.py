@@ -59,26 +59,6 @@ def _child(side: str, run_dir: Path) -> dict:
             "loss": [round(m["loss"], 5) for m in metrics], "run": str(run_dir)}
 
 
-def _cpu_id() -> str:
-    """The CPU's model name with its family and model numbers (the name alone can be 'AMD EPYC'
-    for several generations)."""
-    from finetune import hardware
-
-    name, fields = hardware.cpu_model(), {}
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            key, _, value = line.partition(":")
-            if key.strip() in ("cpu family", "model") and key.strip() not in fields:
-                fields[key.strip()] = value.strip()
-            if not line.strip():
-                break
-    except OSError:
-        return name
-    if fields:
-        return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-    return name
-
-
 def compare(ours: dict, baseline: dict) -> dict:
     """Ratios and how far the loss curves are apart (step by step)."""
     diffs = [abs(x - y) for x, y in zip(ours["loss"], baseline["loss"])]
@@ -93,6 +73,7 @@ def compare(ours: dict, baseline: dict) -> dict:
 def bench_train(model: str | None = None, steps: int | None = None, rounds: int | None = None,
                 data: str | None = None, log=print) -> dict:
     from finetune import config, hardware, models, plan, runinfo
+    from finetune.bench import cpu_id
 
     steps, rounds = steps or 12, rounds or 1
     cfg = config.RunConfig(model=model or config.DEFAULT_MODEL, data=data or config.DEFAULT_DATA,
@@ -134,7 +115,7 @@ def bench_train(model: str | None = None, steps: int | None = None, rounds: int 
                      "grad_accum": resolved.grad_accum, "max_length": resolved.max_length,
                      "steps": steps, "precision": resolved.precision, "rounds": rounds,
                      "order": "baseline then ours, alternately", "n_params": n_params},
-        "machine": {"device": hw.device, "name": hw.name, "cpu_model": _cpu_id(),
+        "machine": {"device": hw.device, "name": hw.name, "cpu_model": cpu_id(),
                     "avx512_bf16": "avx512_bf16" in flags, "threads": hw.threads,
                     "gflops": gflops, "describe": hw.describe(),
                     "load_avg_1m": round(os.getloadavg()[0], 2)},
