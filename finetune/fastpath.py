@@ -5,6 +5,8 @@
 What it changes, and only inside TRL's SFTTrainer (TRL and PEFT stay the engine):
 - Padding-free batches: the rows of a batch are laid end to end in one sequence (TRL's own
   collator, `padding_free=True`), so no layer computes anything on padding.
+- The rows' shared beginning (system prompt, template) computed once a batch
+  (`SharedPrefixCollator`), every row attending to it as if it were its own.
 - Attention row by row (`sdpa_rows`): SDPA with `is_causal` on each row's slice of the packed
   sequence, from the row starts TRL's collator gives (`cu_seq_lens_q`). transformers' own answer
   to packed sequences on SDPA is a (tokens x tokens) block mask, whose attention costs grow with
@@ -26,8 +28,10 @@ ROW_ATTENTION = "sdpa_rows"
 _last_bounds: list = [None, None]
 
 
-def _row_bounds(query, kwargs) -> list[int] | None:
-    """Row starts (and the end) of a packed batch of one sequence; None when not packed."""
+def _row_bounds(query, kwargs) -> tuple[list[int], list[int]] | None:
+    """Row starts (and the end) of a packed batch of one sequence, and for each row the
+    position it starts at (0, or the length of a shared prefix laid once at the start: see
+    `SharedPrefixCollator`); None when not packed."""
     if query.shape[0] != 1:
         return None
     cu = kwargs.get("cu_seq_lens_q")
@@ -44,8 +48,12 @@ def _row_bounds(query, kwargs) -> list[int] | None:
         bounds = [int(x) for x in starts] + [int(position_ids.shape[-1])]
         if not bounds or bounds[0] != 0:
             bounds = [0] + bounds
-    _last_bounds[:] = [source, bounds]
-    return bounds
+    firsts = [0] * (len(bounds) - 1)
+    if position_ids is not None and len(bounds) > 2:
+        firsts = [int(x) for x in position_ids[0, bounds[:-1]].tolist()]
+    result = (bounds, firsts)
+    _last_bounds[:] = [source, result]
+    return result
 
 
 def row_attention(module, query, key, value, attention_mask, **kwargs):
@@ -54,15 +62,31 @@ def row_attention(module, query, key, value, attention_mask, **kwargs):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    bounds = None
+    rows = None
     if attention_mask is None and query.shape[2] == key.shape[2]:
-        bounds = _row_bounds(query, kwargs)
-    if bounds is None or len(bounds) <= 2:
+        rows = _row_bounds(query, kwargs)
+    if rows is None or len(rows[0]) <= 2:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    bounds, firsts = rows
+    prefix = bounds[1] if firsts[0] == 0 else 0
     rest = {k: v for k, v in kwargs.items() if k not in ("is_causal", "position_ids")}
-    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-                                   None, is_causal=True, **rest)[0]
-            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    outs = []
+    for a, b, first in zip(bounds[:-1], bounds[1:], firsts):
+        if b <= a:
+            continue
+        if first == 0 or first != prefix:  # a row of its own: causal within it
+            outs.append(sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b],
+                                               value[:, :, a:b], None, is_causal=True,
+                                               **rest)[0])
+            continue
+        # a row continuing the shared prefix: it sees all of the prefix, then itself causally
+        n = b - a
+        mask = torch.ones(n, first + n, dtype=torch.bool, device=query.device)
+        mask[:, first:] = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
+        k = torch.cat([key[:, :, :first], key[:, :, a:b]], dim=2)
+        v = torch.cat([value[:, :, :first], value[:, :, a:b]], dim=2)
+        outs.append(sdpa_attention_forward(module, query[:, :, a:b], k, v, mask[None, None],
+                                           is_causal=False, **rest)[0])
     return torch.cat(outs, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns
 
 
@@ -123,16 +147,61 @@ def sft_overrides() -> dict:
     return {"prediction_loss_only": True}
 
 
-def collator(tokenizer, packing: bool):
-    """TRL's collator in padding-free mode; None with packing, where TRL makes its own (padding-free
-    too). TRL refuses `padding_free=True` together with `max_length` unless packing, though it
-    truncates rows to `max_length` while preparing the data either way: passing the collator keeps
-    both."""
+def collator(tokenizer, packing: bool, model=None):
+    """TRL's collator in padding-free mode, and with row-by-row attention the rows' shared prefix
+    computed once (`SharedPrefixCollator`); None with packing, where TRL makes its own
+    (padding-free too). TRL refuses `padding_free=True` together with `max_length` unless
+    packing, though it truncates rows to `max_length` while preparing the data either way:
+    passing the collator keeps both."""
     if packing:
         return None
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    plain = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return SharedPrefixCollator(plain) if attention == ROW_ATTENTION else plain
+
+
+class SharedPrefixCollator:
+    """Padding-free batches whose rows' common beginning (system prompt, template: 23 of ~97
+    tokens a row on sample:contacts) is laid once at the start; each row follows with the rest of
+    its tokens, positions continuing from the prefix, and `row_attention` lets it see the prefix.
+    The prefix carries no loss (it stops before any answer token and before the token that
+    follows it), so every row computes exactly what it computes alone, its gradient included,
+    and the prefix's work is done once instead of once a row. `row_tokens` counts the rows'
+    own tokens (what plain TRL trains on), for the tokens/s metric."""
+
+    def __init__(self, plain):
+        self.plain = plain
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        ids = [list(e["input_ids"]) for e in examples]
+        labels = [list(e.get("labels", e["input_ids"])) for e in examples]
+        size = 0
+        if len(ids) > 1:
+            first_answer = min(next((i for i, x in enumerate(lab) if x != -100), len(lab))
+                               for lab in labels)
+            limit = min(min(len(i) for i in ids) - 1, first_answer - 1)
+            while size < limit and all(row[size] == ids[0][size] for row in ids):
+                size += 1
+        real = sum(len(i) for i in ids)
+        if size < 2:
+            out = self.plain(examples)
+            out["row_tokens"] = torch.tensor(real)
+            return out
+        seq, lab, pos, cu = ids[0][:size], [-100] * size, list(range(size)), [0, size]
+        for row, row_labels in zip(ids, labels):
+            seq += row[size:]
+            lab += row_labels[size:]
+            pos += range(size, len(row))
+            cu.append(len(seq))
+        cu_t = torch.tensor(cu, dtype=torch.int32)
+        return {"input_ids": torch.tensor([seq]), "labels": torch.tensor([lab]),
+                "position_ids": torch.tensor([pos]), "cu_seq_lens_q": cu_t,
+                "cu_seq_lens_k": cu_t, "max_length_q": int(cu_t.diff().max()),
+                "max_length_k": int(cu_t.diff().max()), "row_tokens": torch.tensor(real)}
 
 
 def answer_loss(model, inputs: dict, num_items_in_batch=None):
@@ -142,6 +211,7 @@ def answer_loss(model, inputs: dict, num_items_in_batch=None):
     import torch.nn.functional as F
 
     inputs = dict(inputs)
+    inputs.pop("row_tokens", None)
     labels = inputs.pop("labels")
     targets = labels[:, 1:]
     wanted = targets != -100
@@ -165,8 +235,10 @@ def trainer_class():
             loss, outputs = answer_loss(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            if mode == "train":  # real tokens: the attention mask's, or a padding-free row's length
-                if "attention_mask" in inputs:
+            if mode == "train":  # real tokens: the rows' own, the attention mask's, or the length
+                if "row_tokens" in inputs:
+                    tokens = inputs["row_tokens"]
+                elif "attention_mask" in inputs:
                     tokens = inputs["attention_mask"].sum()
                 else:
                     tokens = inputs["input_ids"].new_tensor(inputs["input_ids"].shape[1])

@@ -294,7 +294,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     set_seed(cfg.seed)  # the adapters start the same in every run of this config
     trainer = fastpath.trainer_class()(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-        data_collator=fastpath.collator(tokenizer, cfg.packing),
+        data_collator=fastpath.collator(tokenizer, cfg.packing, model),
         train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
         eval_dataset=Dataset.from_list(to_trl_rows(splits.val)) if has_val else None,
         callbacks=callbacks)

@@ -51,3 +51,32 @@ def test_rows_of_a_packed_batch_do_not_see_each_other(tiny_model):
     packed = model(input_ids=torch.cat([first, second], dim=1),
                    position_ids=torch.cat([torch.arange(9), torch.arange(6)])[None]).logits[0, 9:]
     assert torch.allclose(alone, packed, atol=1e-5)
+
+
+def test_a_shared_prefix_computed_once_gives_the_same_loss_and_gradients(tiny_model):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model)
+    fast = AutoModelForCausalLM.from_pretrained(tiny_model)
+    fastpath.prepare_model(fast)
+    shared = torch.randint(5, 700, (11,)).tolist()  # a system prompt every row starts with
+    rows = [{"input_ids": shared + r["input_ids"], "labels": [-100] * 11 + r["labels"]}
+            for r in _rows()]
+    collate = fastpath.collator(type("Tok", (), {"pad_token_id": 0}), packing=False, model=fast)
+    packed = collate(rows)
+    real = sum(len(r["input_ids"]) for r in rows)
+    assert packed["input_ids"].shape[1] == real - 11 * (len(rows) - 1)  # the prefix laid once
+    assert int(packed["row_tokens"]) == real  # tokens/s counts what the rows hold
+
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(rows)
+    n_items = (padded["labels"] != -100).sum()
+    logits = plain(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                           padded["labels"][:, 1:].reshape(-1), reduction="sum") / n_items
+    got, _ = fastpath.answer_loss(fast, packed, n_items)
+    assert torch.allclose(got, want, atol=1e-5)
+    want.backward()
+    got.backward()
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
