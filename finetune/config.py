@@ -55,6 +55,10 @@ class RunConfig:
     test_fraction: float = _f(0.1, "Share of training rows held out for the test split when no "
                               "test file is given.", group="data", type=float, min=0.0, max=0.5)
     system_prompt: str = _f("", "System message added to rows that have none.", group="data")
+    balance_labels: bool = _f(False, "When the answers are a small set of labels (a "
+                              "classification-like task): down-sample the training and "
+                              "validation rows so every label has as many rows as the rarest "
+                              "one (the test split keeps its own mix).", group="data")
 
     # --- how
     method: str = _f("lora", "full: train every weight; lora: train small adapters; qlora: "

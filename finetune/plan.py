@@ -11,12 +11,12 @@ The Data tab's auto max length is `length_cut` here, for the model the Train tab
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import AUTO, RunConfig
 from finetune.data import percentile, val_rows
-from finetune.errors import ConfigError
+from finetune.errors import ConfigError, DataError
 
 TARGET_STEPS = 30  # optimizer steps a small dataset gets at least (repeating it as needed)
 MAX_AUTO_EPOCHS = 10
@@ -47,6 +47,12 @@ class Facts:
     answer_lengths: list[int] | None = None  # tokens that carry loss, per measured row
     n_val_file: int = 0  # rows in the validation file, when one was given
     estimated_rows: int = 0  # rows whose length is estimated from a sample (big datasets)
+    # for the checks before training (data.checks): the rows, the counter that renders them as
+    # training will, the model's folder (its generation config), what balancing did
+    rows: list | None = None
+    counter: object = None
+    model_folder: str | None = None
+    balanced: dict | None = None
 
 
 @dataclass
@@ -57,6 +63,13 @@ class Plan:
     config: RunConfig
     reasons: dict[str, str]
     run_dir: Path | None = None
+    checks: list[dict] = field(default_factory=list)  # data.checks before training, in words
+
+    @property
+    def warnings(self) -> list[str]:
+        """What people should read before training: the memory warning, the data checks'."""
+        return ([self.memory_warning] if self.memory_warning else []) + \
+            [c["message"] for c in self.checks if c["level"] == "warning"]
 
     @property
     def memory_warning(self) -> str:
@@ -289,7 +302,9 @@ def measure(cfg: RunConfig):
                   n_val_file=len(splits.val), answer_lengths=counter.answer_lengths(sample),
                   data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
                   precision=precision, precision_reason=why, device=hw.device,
-                  memory_gb=hw.memory_gb,
+                  memory_gb=hw.memory_gb, rows=rows, counter=counter,
+                  model_folder=source.path if Path(source.path).is_dir() else None,
+                  balanced=splits.report.get("balanced"),
                   **{k: v for k, v in shape.items() if k != "lora_per_rank"})
     return facts, source, shape["lora_per_rank"]
 
@@ -305,4 +320,20 @@ def plan(cfg: RunConfig) -> Plan:
     facts, source, lora_per_rank = measure(cfg)
     resolved, reasons = resolve(cfg, facts, lora_per_rank)
     reasons["model"] = source.describe()
-    return Plan(resolved, reasons)
+    found = data_checks(facts, int(resolved.max_length), source.name)
+    errors = [c.message for c in found if c.level == "error"]
+    if errors:
+        raise DataError("Not trained: " + "\n".join(errors))
+    for c in found:
+        reasons[c.name] = ("WARNING: " if c.level == "warning" else "") + c.message
+    return Plan(resolved, reasons, checks=[c.as_dict() for c in found])
+
+
+def data_checks(f: Facts, max_length: int, model: str) -> list:
+    """The traps before training (data.checks) on the rows and the max length of this plan."""
+    from finetune.data import checks
+
+    if f.rows is None:
+        return []
+    return checks.before_training(f.rows, f.counter, max_length, f.model_folder, f.lengths,
+                                  f.balanced, model)

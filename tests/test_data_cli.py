@@ -27,8 +27,10 @@ def test_inspect_json(capsys, tmp_path):
     assert report["format"] == "alpaca" and report["usable"] is True
     assert report["rows"]["read"] == 3 and report["rows"]["duplicates"] == 1
     assert report["rows"]["kept"] == 1
-    (problem,) = report["problems"]
+    problem, small = report["problems"]
     assert problem["level"] == "warning" and "row 3 (line 4), field 'output'" in problem["message"]
+    assert small["level"] == "warning" and "Only 1 rows" in small["message"]  # the guides' rule
+    assert [c["name"] for c in report["checks"]][:2] == ["data size", "label balance"]
     assert "counted_with" in report["tokens"]
 
 

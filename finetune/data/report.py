@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from finetune.data import clean
+from finetune.data import checks, clean
 from finetune.data.loader import load
 from finetune.data.formats import parse_mapping
 from finetune.data.stats import length_stats
@@ -58,6 +58,8 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
     if not rows:
         problems.append(Problem("error", f"{source}: no rows are left after cleaning "
                                          f"({dropped} longer than {max_length} tokens dropped)."))
+    found = checks.before_training(rows, counter, max_length, None, lengths) if rows else []
+    problems += [Problem(c.level, c.message) for c in found if c.level != "ok"]
     summary = {
         "source": source,
         "format": loaded.format,
@@ -72,6 +74,7 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
         "masked": masked,
         "tokens": tokens,
         "problems": [{"level": p.level, "message": p.message} for p in problems],
+        "checks": [c.as_dict() for c in found],
         "usable": bool(rows) and not any(p.level == "error" for p in problems),
     }
     return Analysis(loaded, rows, lengths, summary)
@@ -132,6 +135,9 @@ def format_text(summary: dict) -> str:
             lines.append(f"          {t['longer']} rows longer than --max-length {t['max_length']}")
         else:
             lines.append("          (--max-length N counts the rows that would be truncated)")
+    for c in summary.get("checks", []):
+        if c["level"] == "ok":
+            lines.append(f"check:    {c['name']}: {c['message']}")
     problems = summary["problems"]
     lines.append(f"problems: {len(problems) or 'none'}")
     lines += [f"  {p['level'].upper()}: {p['message']}" for p in problems]

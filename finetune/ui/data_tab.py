@@ -49,6 +49,8 @@ def understood_markdown(summary: dict, split_report: dict | None, state: dict | 
         lines.append(f"**Split:** train **{c['train']}**, validation **{c['val']}** ({s['val']}), "
                      f"test **{c['test']}** ({s['test']}). The Train tab's val_fraction and "
                      "test_fraction can change the held-out shares.")
+    lines += [f"**{c['name'].capitalize()}:** {c['message']}." for c in summary.get("checks", [])
+              if c["level"] == "ok"]  # warnings and errors are in the problems panel
     if state:
         lines.append(f"**The Train tab will use:** `{state['data']}` (format {state['data_format']}).")
     return "  \n".join(lines)

@@ -60,9 +60,10 @@ def plan_rows(planned) -> list[list[str]]:
 
 
 def show_plan(planned, cfg: config.RunConfig) -> tuple:
-    """The plan table, its YAML and the CLI command; a warning when it will not fit."""
-    if planned.memory_warning:
-        gr.Warning(planned.memory_warning)
+    """The plan table, its YAML and the CLI command; a warning when it will not fit, and one
+    for each trap the data checks found (too few rows, labels out of balance)."""
+    for warning in planned.warnings:
+        gr.Warning(warning)
     return plan_rows(planned), planned.config.to_yaml(), cli_command(cfg)
 
 
