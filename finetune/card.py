@@ -92,7 +92,12 @@ def evaluation_section(run_dir: Path, manifest: dict) -> str:
                    evaluate.metric_rows(report, exported=True))
     verdicts = [f"- **{name}**: {verdict}" for name, _, _, _, verdict in
                 evaluate.export_rows(report)]
-    return text + ("\n\n" + "\n".join(verdicts) if verdicts else "")
+    from finetune import drift
+
+    trust = [f"- {line}" for line in drift.findings(report)]
+    return text + ("\n\n" + "\n".join(verdicts) if verdicts else "") + \
+        ("\n\nChecks after training (writing systems the training answers never use, answers "
+         "that never stopped):\n\n" + "\n".join(trust) if trust else "")
 
 
 def settings_section(run_dir: Path, cfg) -> str:

@@ -123,6 +123,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         examples.append({"prompt": prompt_text(prompt), "reference": reference, "base": base,
                          "tuned": tuned, "base_correct": metrics.is_exact(base, reference),
                          "tuned_correct": metrics.is_exact(tuned, reference)})
+    from finetune import drift
+
+    writing = drift.assess(answers, drift.training_answers(cfg), [ex["prompt"] for ex in examples],
+                           max_new, counter.encode_lengths,
+                           drift.template_note(runinfo.result_dir(run_dir), tokenizer.chat_template))
     report = {
         "run": run_dir.name,
         "model": cfg.model,
@@ -135,6 +140,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         "dtype": dtype,
         "metrics": report_metrics,
         "examples": examples,
+        "drift": writing,  # writing systems, answers that never stopped (finetune.drift)
         "seconds": round(time.time() - started, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -347,6 +353,11 @@ def format_report(report: dict) -> str:
     tally = ", ".join(f"{label}: {n}" for label, n in counts.items())
     text = f"{head}\n\n" + "\n".join(line.rstrip() for line in lines) + \
         f"\n\nExact match per example: {tally}"
+    from finetune import drift
+
+    lines = drift.findings(report) + [f"  {x}" for x in drift.example_lines(report.get("drift"))]
+    if lines:
+        text += "\n\nTrust:\n" + "\n".join(lines)
     if report.get("exported"):
         text += "\n\nExported models on the same rows:\n" + "\n".join(
             f"  {name}: exact match {em}, agreement with tuned {agree}, loss {loss}. {verdict}"

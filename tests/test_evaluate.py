@@ -116,8 +116,15 @@ def test_evaluate_run_compares_base_and_tuned(trained_run):
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert any("tuned" in d for _, d in seen)
 
+    # writing systems and answers that never stopped, against the 24 training answers
+    drift = saved["drift"]
+    assert drift["training"]["answers"] == 24 and "Latin" in drift["training"]["scripts"]
+    assert set(drift["models"]) == {"base", "tuned"}
+    assert drift["max_new_tokens"] == saved["max_new_tokens"]
+
     # the views the CLI and the Evaluate tab show
     text = evaluate.format_report(saved)
+    assert "Trust:" in text
     assert "exact match" in text and "valid JSON" in text and "perplexity" in text
     rows = evaluate.metric_rows(saved)
     assert rows[0][0] == "exact match" and len(rows[0]) == 4

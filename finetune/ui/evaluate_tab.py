@@ -38,7 +38,17 @@ def summary_text(report: dict) -> str:
             "Exact match per example: tuned right & base wrong "
             f"**{counts['tuned right, base wrong']}**, base right & tuned wrong "
             f"**{counts['base right, tuned wrong']}**, both right **{counts['both right']}**, "
-            f"both wrong **{counts['both wrong']}**.")
+            f"both wrong **{counts['both wrong']}**." + trust_markdown(report))
+
+
+def trust_markdown(report: dict) -> str:
+    """The checks after training (finetune.drift) in words, with a few flagged answers."""
+    from finetune import drift
+
+    flagged = bool((report.get("drift") or {}).get("flags"))
+    lines = [("⚠ " if flagged else "") + line for line in drift.findings(report)]
+    lines += [f"- `{x}`" for x in drift.example_lines(report.get("drift"))]
+    return ("\n\n**Trust:** " + "  \n".join(lines)) if lines else ""
 
 
 def _views(report: dict | None, which: str):
