@@ -92,12 +92,12 @@ def evaluation_section(run_dir: Path, manifest: dict) -> str:
                    evaluate.metric_rows(report, exported=True))
     verdicts = [f"- **{name}**: {verdict}" for name, _, _, _, verdict in
                 evaluate.export_rows(report)]
-    from finetune import drift
+    from finetune import drift, probe
 
-    trust = [f"- {line}" for line in drift.findings(report)]
+    trust = [f"- {line}" for line in probe.findings(report) + drift.findings(report)]
     return text + ("\n\n" + "\n".join(verdicts) if verdicts else "") + \
-        ("\n\nChecks after training (writing systems the training answers never use, answers "
-         "that never stopped):\n\n" + "\n".join(trust) if trust else "")
+        ("\n\nChecks after training (general knowledge the model may have lost, writing "
+         "systems the training answers never use, answers that never stopped):\n\n" + "\n".join(trust) if trust else "")
 
 
 def settings_section(run_dir: Path, cfg) -> str:

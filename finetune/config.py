@@ -59,6 +59,12 @@ class RunConfig:
                               "classification-like task): down-sample the training and "
                               "validation rows so every label has as many rows as the rarest "
                               "one (the test split keeps its own mix).", group="data")
+    mix_general: float = _f(0.0, "Share of the training rows that are general instruction rows "
+                            "mixed in against forgetting (e.g. 0.2); 0: none. Compare runs with "
+                            "and without on the evaluation's general-knowledge probe.",
+                            group="data", type=float, min=0.0, max=0.9)
+    mix_data: str = _f("", "General instruction data for mix_general: a file or Hub dataset id. "
+                       "Empty: the shipped general sample.", group="data")
 
     # --- how
     method: str = _f("lora", "full: train every weight; lora: train small adapters; qlora: "

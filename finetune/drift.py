@@ -82,19 +82,21 @@ def _example(i: int, prompts: list[str], answers: list[str]) -> dict:
 
 
 def assess(answers: dict[str, list[str]], training_answers: list[str], prompts: list[str],
-           max_new_tokens: int, count_tokens, template_note: str = "") -> dict:
+           max_new_tokens: int, count_tokens, template_note: str = "",
+           also_known: set[str] = frozenset(), runaway: bool = True) -> dict:
     """What eval.json keeps under 'drift': the training answers' writing systems, for each model
     the answers in another system and those that ran to the token limit (with examples), and
-    `flags`, the findings in words. `answers` maps 'base'/'tuned' (or 'probe base' ...) to the
-    answers; the first key is the one the flags are about ('tuned' when present)."""
+    `flags`, the findings about the tuned answers in words. `answers` maps 'base'/'tuned' to
+    the answers. `also_known`: systems expected anyway (the probe's English); `runaway`: count
+    answers that reached the token limit (off where the limit only keeps answers short)."""
     known_profile = profile(training_answers)
-    known = set(known_profile)
+    known = set(known_profile) | set(also_known)
     n_train = len(training_answers)
     out: dict = {"training": {"answers": n_train, "scripts": known_profile}, "models": {},
                  "max_new_tokens": max_new_tokens, "flags": []}
     for kind, texts in answers.items():
         found = foreign(texts, known)
-        limit = ran_out(texts, max_new_tokens, count_tokens)
+        limit = ran_out(texts, max_new_tokens, count_tokens) if runaway else []
         out["models"][kind] = {
             "answers": len(texts), "scripts": profile(texts),
             "foreign": {s: {"count": len(idx), "examples": [_example(i, prompts, texts)

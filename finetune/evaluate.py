@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune import metrics, runinfo
+from finetune import drift, metrics, probe, runinfo
 from finetune.errors import ConfigError, DataError, RunError
 
 DEFAULT_LIMIT = 200  # generation metrics on at most this many rows unless asked for more
@@ -37,6 +37,7 @@ METRIC_LABELS = {  # key -> (label, format)
     "loss": ("loss (answer tokens)", "loss"),
     "perplexity": ("perplexity", "loss"),
     "agreement": ("agreement with tuned", "pct"),  # exported models only
+    "probe": ("general knowledge (probe)", "pct"),  # finetune.probe: forgetting
 }
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
@@ -99,6 +100,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
 
     report_metrics: dict[str, dict] = {}
     answers: dict[str, list[str]] = {}
+    probed: dict[str, list[str]] = {}  # the forgetting probe's answers (finetune.probe)
     for index, kind in enumerate(("base", "tuned")):
         tell(index, 0, f"Loading the {kind} model")
         log(f"Loading the {kind} model...")
@@ -109,7 +111,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
                 i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"),
             on_answers=lambda done, total, i=index: tell(
                 i, 1 + loss_batches + gen_batches * done / total,
-                f"{kind}: answers {done}/{total}"))
+                f"{kind}: answers {done}/{total}"),
+            after=lambda model, k=kind: probed.__setitem__(k, probe.answer(model, tokenizer)))
         _release(device)
         scores = metrics.compute(answers[kind], [r for _, r in gen_rows])
         scores["loss"] = loss
@@ -123,11 +126,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         examples.append({"prompt": prompt_text(prompt), "reference": reference, "base": base,
                          "tuned": tuned, "base_correct": metrics.is_exact(base, reference),
                          "tuned_correct": metrics.is_exact(tuned, reference)})
-    from finetune import drift
-
-    writing = drift.assess(answers, drift.training_answers(cfg), [ex["prompt"] for ex in examples],
+    trained = drift.training_answers(cfg)
+    writing = drift.assess(answers, trained, [ex["prompt"] for ex in examples],
                            max_new, counter.encode_lengths,
                            drift.template_note(runinfo.result_dir(run_dir), tokenizer.chat_template))
+    probed_report = probe.report(probed, trained, counter.encode_lengths)
+    for kind, scores in report_metrics.items():
+        scores["probe"] = probed_report["models"][kind]["score"]
     report = {
         "run": run_dir.name,
         "model": cfg.model,
@@ -141,6 +146,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         "metrics": report_metrics,
         "examples": examples,
         "drift": writing,  # writing systems, answers that never stopped (finetune.drift)
+        "probe": probed_report,  # general knowledge: the forgetting probe (finetune.probe)
         "seconds": round(time.time() - started, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -161,9 +167,11 @@ def _scored_length(cfg) -> int:
 
 
 def _loss_and_answers(model, tokenizer, loss_rows, gen_rows, max_new: int, max_length: int,
-                      device: str, on_loss=None, on_answers=None) -> tuple[float | None, list[str]]:
+                      device: str, on_loss=None, on_answers=None,
+                      after=None) -> tuple[float | None, list[str]]:
     """One model's mean loss on the answer tokens of `loss_rows` and its greedy answers to
-    `gen_rows`. Pass the model inline and call `_release` after: nothing else then holds it."""
+    `gen_rows`; `after(model)` asks the same loaded model more (the forgetting probe). Pass the
+    model inline and call `_release` after: nothing else then holds it."""
     from finetune import generation
 
     batch = _batch(device)
@@ -171,6 +179,8 @@ def _loss_and_answers(model, tokenizer, loss_rows, gen_rows, max_new: int, max_l
                                             batch_size=batch, on_batch=on_loss)
     answers = generation.generate_batch(model, tokenizer, [p for p, _ in gen_rows], max_new,
                                         batch_size=batch, on_batch=on_answers)
+    if after is not None:
+        after(model)
     return (nll / tokens if tokens else None), answers
 
 
@@ -353,9 +363,8 @@ def format_report(report: dict) -> str:
     tally = ", ".join(f"{label}: {n}" for label, n in counts.items())
     text = f"{head}\n\n" + "\n".join(line.rstrip() for line in lines) + \
         f"\n\nExact match per example: {tally}"
-    from finetune import drift
-
-    lines = drift.findings(report) + [f"  {x}" for x in drift.example_lines(report.get("drift"))]
+    lines = probe.findings(report) + drift.findings(report) + \
+        [f"  {x}" for x in drift.example_lines(report.get("drift"))]
     if lines:
         text += "\n\nTrust:\n" + "\n".join(lines)
     if report.get("exported"):

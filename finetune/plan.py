@@ -53,6 +53,7 @@ class Facts:
     counter: object = None
     model_folder: str | None = None
     balanced: dict | None = None
+    mixed: dict | None = None  # general rows mix_general added (data.mix)
 
 
 @dataclass
@@ -304,7 +305,7 @@ def measure(cfg: RunConfig):
                   precision=precision, precision_reason=why, device=hw.device,
                   memory_gb=hw.memory_gb, rows=rows, counter=counter,
                   model_folder=source.path if Path(source.path).is_dir() else None,
-                  balanced=splits.report.get("balanced"),
+                  balanced=splits.report.get("balanced"), mixed=splits.report.get("mixed"),
                   **{k: v for k, v in shape.items() if k != "lora_per_rank"})
     return facts, source, shape["lora_per_rank"]
 
@@ -336,4 +337,4 @@ def data_checks(f: Facts, max_length: int, model: str) -> list:
     if f.rows is None:
         return []
     return checks.before_training(f.rows, f.counter, max_length, f.model_folder, f.lengths,
-                                  f.balanced, model)
+                                  f.balanced, model, f.mixed)

@@ -108,7 +108,8 @@ def browser_source(text: str | None, role: str = "data") -> str:
 def check_browser_sources(cfg: RunConfig) -> RunConfig:
     """A run started from the page reads only what the page may name (browser_source)."""
     browser_source(cfg.data, "training data")
-    for role, value in (("validation file", cfg.val_data), ("test file", cfg.test_data)):
+    for role, value in (("validation file", cfg.val_data), ("test file", cfg.test_data),
+                        ("general data to mix in", cfg.mix_data)):
         if value:
             browser_source(value, role)
     return cfg

@@ -37,7 +37,8 @@ def finetune_home(tmp_path, monkeypatch):
 
 def _sample_text() -> list[str]:
     texts = []
-    for f in sorted(SAMPLES.glob("*/*.jsonl")):
+    # the bundled samples only (the probe's questions and the general rows are no samples)
+    for f in sorted(f for f in SAMPLES.glob("*/*.jsonl") if (f.parent / "train.jsonl").is_file()):
         for line in f.read_text(encoding="utf-8").splitlines():
             for m in json.loads(line)["messages"]:
                 texts.append(m["content"])

@@ -122,9 +122,20 @@ def test_evaluate_run_compares_base_and_tuned(trained_run):
     assert set(drift["models"]) == {"base", "tuned"}
     assert drift["max_new_tokens"] == saved["max_new_tokens"]
 
+    # the forgetting probe: the shipped questions, answered by both models
+    from finetune import probe
+
+    n_probe = len(probe.questions())
+    assert saved["probe"]["questions"] == n_probe and len(saved["probe"]["items"]) == n_probe
+    for kind in ("base", "tuned"):
+        assert saved["metrics"][kind]["probe"] == saved["probe"]["models"][kind]["score"]
+    assert saved["probe"]["drop"] == pytest.approx(saved["metrics"]["base"]["probe"]
+                                                   - saved["metrics"]["tuned"]["probe"])
+
     # the views the CLI and the Evaluate tab show
     text = evaluate.format_report(saved)
-    assert "Trust:" in text
+    assert "Trust:" in text and f"General knowledge (the probe's {n_probe} questions)" in text
+    assert "general knowledge (probe)" in text
     assert "exact match" in text and "valid JSON" in text and "perplexity" in text
     rows = evaluate.metric_rows(saved)
     assert rows[0][0] == "exact match" and len(rows[0]) == 4
@@ -183,6 +194,8 @@ def test_evaluate_tab_shows_saved_report_and_filters(trained_run, monkeypatch):
         progress=lambda f, desc=None: calls.append(f))
     metric_rows = metrics.value["data"]
     assert "3" in summary and calls and metric_rows[0][0] == "exact match"
+    assert "**Trust:** General knowledge (the probe's" in summary  # base and tuned on the probe
+    assert any(row[0] == "general knowledge (probe)" for row in metric_rows)
     assert len(example_rows) == 3 and example_rows[0][4] in ("✓", "✗")
 
     # picking the run again shows the saved evaluation without recomputing

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.data.mix import GENERAL
 from finetune.data.types import prompt_and_answer
 
 # The guides' rule of thumb: under ~100 good rows a better prompt usually does as well; under
@@ -226,9 +227,13 @@ def _no_loss(rows: list[dict], counter, max_length: int | None,
 
 def before_training(rows: list[dict], counter, max_length: int | None,
                     model_folder: str | Path | None, lengths: list[int] | None = None,
-                    balanced: dict | None = None, model: str = "the model") -> list[Check]:
-    """Every check, in the order people read them."""
+                    balanced: dict | None = None, model: str = "the model",
+                    mixed: dict | None = None) -> list[Check]:
+    """Every check, in the order people read them. Size and balance look at the user's own rows
+    (not the general rows `mix_general` adds: `mixed` says what it did)."""
     folder = model_folder if model_folder is not None else counter.folder
     stops = stop_ids(counter, folder) if counter.tokenizer is not None else []
-    return [size_check(len(rows)), balance_check(rows, balanced)] + \
+    own = [r for r in rows if not r.get(GENERAL)]
+    general = [Check("general data", "ok", mixed["message"])] if mixed else []
+    return [size_check(len(own)), balance_check(own, balanced)] + general + \
         stop_check(rows, counter, max_length, stops, model, lengths)

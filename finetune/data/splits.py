@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from finetune.data import checks, clean
+from finetune.data import checks, clean, mix
 from finetune.data.formats import parse_mapping
 from finetune.data.loader import load
 from finetune.data.readers import sample_path
@@ -128,6 +128,10 @@ def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
         raise DataError(f"No training rows are left from {cfg.data} ({len(rows)} usable rows, "
                         f"{overlap} also in the validation/test data). Add rows, or lower "
                         "val_fraction/test_fraction.")
+    mixed = None
+    if getattr(cfg, "mix_general", 0):
+        train, mixed = mix.add_general(train, float(cfg.mix_general), cfg.seed, cfg.mix_data,
+                                       cfg.system_prompt)
     report = {
         "format": loaded.format,
         "counts": {"train": len(train), "val": len(val), "test": len(test)},
@@ -138,5 +142,6 @@ def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
                      "in_val_or_test": overlap},
         "warnings": [p.message for p in loaded.problems if p.level == "warning"],
         "balanced": balanced,
+        "mixed": mixed,
     }
     return Splits(train=train, val=val, test=test, report=report)

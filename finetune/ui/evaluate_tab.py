@@ -43,10 +43,12 @@ def summary_text(report: dict) -> str:
 
 def trust_markdown(report: dict) -> str:
     """The checks after training (finetune.drift) in words, with a few flagged answers."""
-    from finetune import drift
+    from finetune import drift, probe
 
+    scores = probe.findings(report)  # the probe's scores, then its flags
+    lines = scores[:1] + [f"⚠ {line}" for line in scores[1:]]
     flagged = bool((report.get("drift") or {}).get("flags"))
-    lines = [("⚠ " if flagged else "") + line for line in drift.findings(report)]
+    lines += [("⚠ " if flagged else "") + line for line in drift.findings(report)]
     lines += [f"- `{x}`" for x in drift.example_lines(report.get("drift"))]
     return ("\n\n**Trust:** " + "  \n".join(lines)) if lines else ""
 
