@@ -104,8 +104,13 @@ def live_view(name: str | None):
         run_dir = runinfo.named_run(name)
     except RunError:  # none picked, or deleted meanwhile
         return status_markdown({}, ""), _frame([], LOSS_SERIES), _frame([], LR_SERIES), "", False
+    from finetune import overfit
+
     st, curves = jobs.status(run_dir), runinfo.curves(run_dir)
     text = status_markdown(st, run_dir.name)
+    found = overfit.overfitting(runinfo.read_metrics(run_dir))
+    if found:
+        text += f"  \n⚠ **{found['message']}**"
     if curves["tokens_per_s"]:
         text += f"  \n{curves['tokens_per_s']:.0f} tokens/s (median of the last 5 steps)"
     lr = [(step, value, "learning rate") for step, value in curves["lr"]]
