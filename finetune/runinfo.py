@@ -9,6 +9,7 @@ runs/<name>/
   checkpoints/    trainer checkpoints (resume starts from the latest)
   adapter/        the LoRA adapter (lora, qlora)   |   model/  the full model (full)
   eval.json       base vs tuned (vs exported) evaluation
+  votes.jsonl     blind A/B votes by people (finetune.votes), one per line
   export/         what the Share tab / `export` command wrote (export.json says what and checks)
   hub.json        where it was pushed
 """
@@ -110,7 +111,12 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file of the run (metrics, votes); [] when there is none."""
+    path = Path(path)
     if not path.is_file():
         return []
     out = []
