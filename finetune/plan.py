@@ -304,7 +304,8 @@ def measure(cfg: RunConfig):
                   data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
                   precision=precision, precision_reason=why, device=hw.device,
                   memory_gb=hw.memory_gb, rows=rows, counter=counter,
-                  model_folder=source.path if Path(source.path).is_dir() else None,
+                  model_folder=source.path if Path(source.path).is_dir() else
+                  models.model_files(cfg.model),  # a Hub model: its cached config files
                   balanced=splits.report.get("balanced"), mixed=splits.report.get("mixed"),
                   **{k: v for k, v in shape.items() if k != "lora_per_rank"})
     return facts, source, shape["lora_per_rank"]
