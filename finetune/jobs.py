@@ -37,13 +37,14 @@ def prepare_run(cfg: RunConfig) -> Plan:
     """Plan the config and write a new run directory ready to train (state 'queued'); the plan
     that is returned holds the run directory, the resolved config and the reasons."""
     planned = plan.plan(cfg)
+    if launcher.distributed(planned.config):
+        launcher.check(planned.config)  # before a run directory exists for it
     hint = cfg.name or f"{Path(str(cfg.data).split(':')[-1]).stem}-{cfg.method}"
     run_dir = runinfo.new_run_dir(hint)
     planned.config.save(run_dir / "config.yaml")
     if launcher.distributed(planned.config):
         from finetune import hardware
 
-        launcher.check(planned.config)
         launcher.write_config(run_dir, planned.config, hardware.gpu_count())
     runinfo.write_resolved(run_dir, planned.reasons)
     runinfo.update_status(run_dir, state="queued", created=time.time(), step=0,
@@ -228,6 +229,24 @@ def _kill(pid: int, tree: list) -> None:
             proc.kill()
         except Exception:  # noqa: BLE001 - already gone
             pass
+
+
+def follow(run_dir: Path, every_s: float = 1.0):
+    """The run's train.log as it grows (pieces of text) until the run ends: what a terminal shows
+    of a run started in the background (a run of several processes always is)."""
+    path, pos = Path(run_dir) / "train.log", 0
+    while True:
+        active = status(run_dir).get("state") in ACTIVE
+        if path.is_file():
+            with open(path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            pos += len(chunk)
+            if chunk:
+                yield chunk.decode("utf-8", errors="replace")
+        if not active:
+            return
+        time.sleep(every_s)
 
 
 # --- the runs table ----------------------------------------------------------------------------

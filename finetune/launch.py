@@ -61,6 +61,8 @@ def accelerate_config(cfg: RunConfig, gpus: int) -> dict:
             "use_cpu": gpus == 0}
     if cfg.main_process_ip.strip():
         base["main_process_ip"] = cfg.main_process_ip.strip()
+    if int(cfg.num_processes) == 1:
+        return {**base, "distributed_type": "NO"}
     if cfg.strategy == "ddp":
         return {**base, "distributed_type": "MULTI_GPU", "gpu_ids": "all"}
     if cfg.strategy == "fsdp":
@@ -143,6 +145,9 @@ def slurm_script(run_dir: Path, cfg: RunConfig, workdir: Path) -> str:
 
 
 def write_slurm(run_dir: Path, cfg: RunConfig, workdir: Path) -> Path:
+    """RUN/run.slurm, and the accelerate config it launches with (for the GPU nodes)."""
+    check(cfg)
+    write_config(run_dir, cfg, gpus=int(cfg.num_processes) // cfg.num_machines)
     path = Path(run_dir) / SLURM_NAME
     path.write_text(slurm_script(run_dir, cfg, workdir), encoding="utf-8")
     path.chmod(0o755)
