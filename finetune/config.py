@@ -95,7 +95,7 @@ class RunConfig:
     gradient_checkpointing: str = _f(AUTO, "Recompute activations to save memory at ~30% more time.",
                                      choices=[AUTO, "on", "off"], group="machine")
 
-    # --- several GPUs or machines (launched through accelerate: finetune.launch)
+    # --- several GPUs, then several machines (launched through accelerate: finetune.launch)
     num_processes: Auto = _f(AUTO, "Training processes in all, one per GPU ('auto': one per "
                              "visible GPU, 1 on a CPU); above 1 the run is started with "
                              "`accelerate launch`.", group="distributed", type=int, min=1,
@@ -106,14 +106,14 @@ class RunConfig:
                        "everything sharded). Used only with more than one process.",
                        choices=["ddp", "fsdp", "zero2", "zero3"], group="distributed")
     num_machines: int = _f(1, "Machines (nodes) taking part; each runs its share of the "
-                           "processes.", group="distributed", type=int, min=1, max=1024)
+                           "processes.", group="cluster", type=int, min=1, max=1024)
     machine_rank: int = _f(0, "This machine's number among them (0: the main one, which "
-                           "writes the run directory).", group="distributed", type=int, min=0,
+                           "writes the run directory).", group="cluster", type=int, min=0,
                            max=1023)
     main_process_ip: str = _f("", "Address of machine 0, which the others connect to (needed "
-                              "with more than one machine).", group="distributed")
+                              "with more than one machine).", group="cluster")
     main_process_port: int = _f(29500, "Port on machine 0 for the processes to meet (0: any "
-                                "free port, one machine only).", group="distributed", type=int,
+                                "free port, one machine only).", group="cluster", type=int,
                                 min=0, max=65535)
 
     # --- evaluation and stopping
