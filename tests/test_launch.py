@@ -1,17 +1,21 @@
 """Several processes through accelerate: the config accelerate reads, the command, the Slurm
 script, and 2 CPU processes (gloo DDP) that learn the same curve as one, stop and resume.
 
-On a machine with 2 or more GPUs the same file checks CUDA/NCCL (the run then trains on GPUs):
+On a machine with 2 or more GPUs the same file checks CUDA/NCCL (the runs then train on GPUs),
+and FINETUNE_TEST_STRATEGY=fsdp (or zero2, zero3 with DeepSpeed installed) the other strategies:
     PYTHONPATH=$PWD python -m pytest -x -q tests/test_launch.py
+    FINETUNE_TEST_STRATEGY=fsdp PYTHONPATH=$PWD python -m pytest -x -q tests/test_launch.py -k curve
 """
 
 import importlib.util
+import os
 import subprocess
 import time
 
 import psutil
 import pytest
 
+from conftest import wait_for_run
 from finetune import config, jobs, launch, runinfo, train
 from finetune.errors import ConfigError
 
@@ -84,27 +88,18 @@ def _workers(run_dir):
             if str(run_dir) in " ".join(p.info["cmdline"] or [])]
 
 
-def _wait(run_dir, predicate, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = jobs.status(run_dir)
-        if predicate(st):
-            return st
-        time.sleep(0.2)
-    raise AssertionError(f"timed out; status: {jobs.status(run_dir)}\n{runinfo.log_tail(run_dir)}")
-
-
 def test_two_processes_learn_the_curve_of_one_and_stop_and_resume_together(tiny_model, tiny_data):
     # 44 training rows: every step of both runs holds 4 whole rows, the epoch boundary (after
     # step 11) included.
     settings = dict(model=str(tiny_model), data=str(tiny_data), max_steps=12, grad_accum=1,
                     eval_steps=6, save_steps=6, learning_rate=3e-3, lora_r=4, precision="fp32",
                     early_stopping=False, test_fraction=0.0, val_fraction=0.08)
+    strategy = os.environ.get("FINETUNE_TEST_STRATEGY", "ddp")  # others need GPUs
     two = jobs.prepare_run(config.RunConfig(**settings, batch_size=2, num_processes=2,
-                                            main_process_port=0)).run_dir
+                                            strategy=strategy, main_process_port=0)).run_dir
     assert (two / "accelerate.yaml").is_file()
     jobs.start(two)
-    _wait(two, lambda s: s.get("state") == "running" and s.get("step", 0) >= 2)
+    wait_for_run(two, lambda s: s.get("state") == "running" and s.get("step", 0) >= 2)
     assert len(_workers(two)) == 3  # accelerate's launcher and its 2 workers
     t0 = time.time()
     st = jobs.stop(two)
@@ -115,9 +110,9 @@ def test_two_processes_learn_the_curve_of_one_and_stop_and_resume_together(tiny_
     assert (two / "adapter" / "adapter_config.json").is_file()
 
     jobs.resume(two)  # every worker again, from the checkpoint
-    _wait(two, lambda s: s.get("state") == "running" and s.get("step", 0) > st["step"])
+    wait_for_run(two, lambda s: s.get("state") == "running" and s.get("step", 0) > st["step"])
     assert len(_workers(two)) == 3
-    done = _wait(two, lambda s: s.get("state") not in jobs.ACTIVE)
+    done = wait_for_run(two, lambda s: s.get("state") not in jobs.ACTIVE, timeout=240)
     assert done["state"] == "completed" and done["step"] == 12, runinfo.log_tail(two)
     log = (two / "train.log").read_text()
     assert f"resuming from checkpoint-{st['step']}" in log
