@@ -182,10 +182,11 @@ def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:
             proc.send_signal(signal.SIGTERM)
         except Exception:  # noqa: BLE001 - already gone
             pass
+    workers = tree[1:] if several else []
     deadline = time.time() + timeout - 0.5
-    while time.time() < deadline and (_alive({"pid": pid}) or _any_running(tree[1:])):
+    while time.time() < deadline and (_alive({"pid": pid}) or _any_running(workers)):
         time.sleep(0.1)
-    if _alive({"pid": pid}) or _any_running(tree[1:]):
+    if _alive({"pid": pid}) or _any_running(workers):
         _kill(pid, tree)
         return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
                                      end_reason=f"stopped (killed after {timeout:.0f} s); "
