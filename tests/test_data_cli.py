@@ -67,8 +67,13 @@ def test_inspect_maps_unknown_columns_when_told_how(tmp_path, capsys):
     from finetune.cli import main
 
     path = tmp_path / "qa.csv"
-    path.write_text("question,answer\nWhat is 2+2?,4\nCapital of France?,Paris\n", encoding="utf-8")
+    path.write_text("frage,antwort\nWhat is 2+2?,4\nCapital of France?,Paris\n", encoding="utf-8")
     assert main(["data", "inspect", str(path)]) == 2
     assert "--map in `data inspect`" in capsys.readouterr().out
-    assert main(["data", "inspect", str(path), "--map", "prompt=question, completion=answer"]) == 0
-    assert "prompt_completion" in capsys.readouterr().out
+    assert main(["data", "inspect", str(path), "--map", "prompt=frage, completion=antwort"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt_completion" in out and "as given with --map" in out
+    # Common names are read without --map, and the output says how.
+    path.write_text("question,answer\nWhat is 2+2?,4\n", encoding="utf-8")
+    assert main(["data", "inspect", str(path)]) == 0
+    assert "mapping:  prompt=question, completion=answer (recognised" in capsys.readouterr().out

@@ -134,3 +134,16 @@ def test_the_page_reads_no_server_path(tmp_path, finetune_home):
                                                                   {})))
         assert "not something the page can read" in out["problems"][1][0]
         assert "hf_not_for_you" not in str(out)
+
+
+def test_common_column_names_are_read_and_named(tmp_path):
+    path = tmp_path / "faq.csv"
+    path.write_text("Question,Answer\nWhy?,Because.\nHow?,Like so.\n", encoding="utf-8")
+    out = show(str(path))
+    assert ("**Columns read as:** `prompt=Question, completion=Answer` (recognised from their "
+            "names") in out["understood"]
+    # Nothing changed: training reads the upload itself, as the format shown.
+    state = out["state"]
+    assert (state["data"], state["data_format"]) == (str(preview.uploads_dir() / "faq.csv"),
+                                                     "prompt_completion")
+    assert data.load(state["data"], state["data_format"]).rows == out["rows"]["rows"]

@@ -22,7 +22,7 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
         log = ProblemLog(source)
         table = readers.read(source, log)
         log.source = table.label
-        rows, fmt_used, skipped = formats.normalize(table, fmt, mapping, system_prompt, log)
+        rows, fmt_used, skipped, guessed = formats.normalize(table, fmt, mapping, system_prompt, log)
     except DataError:
         raise
     except (MemoryError, KeyboardInterrupt):
@@ -41,4 +41,5 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
                         + (f"\n  - {first}" if first else ""))
     return Loaded(rows=rows, format=fmt_used, source=source, columns=list(table.columns),
                   problems=problems, n_raw=n_raw, detected=(fmt == "auto"), skipped=skipped,
-                  mapping={k: v for k, v in (mapping or {}).items() if v})
+                  mapping=guessed or {k: v for k, v in (mapping or {}).items() if v},
+                  mapping_guessed=bool(guessed))

@@ -12,7 +12,7 @@ from typing import Callable
 
 from finetune.data import clean
 from finetune.data.loader import load
-from finetune.data.formats import parse_mapping
+from finetune.data.formats import mapping_text, parse_mapping
 from finetune.data.stats import length_stats
 from finetune.data.tokens import TokenCounter
 from finetune.data.types import FORMAT_HELP, Loaded, Problem
@@ -64,6 +64,8 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
         "format_detected": loaded.detected,
         "format_help": FORMAT_HELP[loaded.format],
         "columns": loaded.columns,
+        "mapping": mapping_text(loaded.mapping),
+        "mapping_detected": loaded.mapping_guessed,
         "ignored_columns": loaded.ignored_columns,
         "rows": {"read": loaded.n_raw, "usable": len(loaded.rows), "duplicates": duplicates,
                  "empty": loaded.skipped.get("empty", 0),
@@ -115,6 +117,10 @@ def format_text(summary: dict) -> str:
         ignored = summary["ignored_columns"]
         lines.append(f"columns:  {', '.join(summary['columns'])}"
                      + (f"  (ignored: {', '.join(ignored)})" if ignored else ""))
+        if summary.get("mapping"):
+            how = ("recognised from the column names; --map changes it"
+                   if summary["mapping_detected"] else "as given with --map")
+            lines.append(f"mapping:  {summary['mapping']} ({how})")
         r = summary["rows"]
         lines.append(f"rows:     {r['read']} read, {r['usable']} usable, {r['kept']} after cleaning")
         lines.append(f"cleaning: {r['duplicates']} exact duplicates removed, {r['empty']} empty "

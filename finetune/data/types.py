@@ -60,6 +60,7 @@ class Loaded:
     detected: bool = True  # False when the format was forced
     skipped: dict = field(default_factory=dict)  # reason -> rows left out while normalizing
     mapping: dict = field(default_factory=dict)  # field this tool reads -> the user's column
+    mapping_guessed: bool = False  # True when `mapping` was chosen from common column names
 
     @property
     def errors(self) -> list[Problem]:

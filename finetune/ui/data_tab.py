@@ -30,6 +30,10 @@ def understood_markdown(summary: dict, split_report: dict | None, state: dict | 
     how = "detected" if summary["format_detected"] else "as you chose"
     lines = [f"**Source:** `{summary['source']}`",
              f"**Format:** {summary['format']} ({how}): {summary['format_help']}."]
+    if summary.get("mapping"):
+        how = ("recognised from their names; the *Column mapping* box changes it"
+               if summary["mapping_detected"] else "your column mapping")
+        lines.append(f"**Columns read as:** `{summary['mapping']}` ({how}).")
     if summary["ignored_columns"]:
         lines.append(f"**Ignored columns:** {', '.join(summary['ignored_columns'])}")
     lines.append(f"**Rows:** {r['read']} read, {r['usable']} usable, **{r['kept']}** after cleaning "
