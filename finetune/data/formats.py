@@ -114,8 +114,7 @@ def normalize(table: RawTable, fmt: str, mapping: dict | None, system_prompt: st
     if fmt not in ["auto"] + FORMATS:
         raise DataError(f"Unknown data format '{fmt}'; choose auto or one of {', '.join(FORMATS)}.")
     mapping = {k: v for k, v in (mapping or {}).items() if v}
-    guessed = {} if mapping or _any_known(table.rows, fmt) else common_mapping(table.columns, fmt)
-    rows = _apply_mapping(table, mapping or guessed)
+    rows = _apply_mapping(table, mapping)
     forced = None if fmt == "auto" else fmt
     kinds = []
     for i, row in enumerate(rows):
@@ -125,6 +124,14 @@ def normalize(table: RawTable, fmt: str, mapping: dict | None, system_prompt: st
             kinds.append("not-an-object")
             log.add("error", "not an object", f"{table.where(i)}: expected a JSON object "
                     f"({{\"messages\": [...]}}), got {_kind(row)}. Row skipped.")
+    # Rows in no known format may use common column names: read those as the names they stand for.
+    guessed = common_mapping(table.columns, fmt) if not mapping and None in kinds else {}
+    if guessed:
+        rows = list(rows)
+        for i, kind in enumerate(kinds):
+            if kind is None:
+                rows[i] = _rename(rows[i], guessed)
+                kinds[i] = row_format(rows[i], forced)
     counts = Counter(k for k in kinds if k in FORMATS)
     if not any(k != "not-an-object" for k in kinds):
         return [], fmt, {"invalid": len(kinds)} if kinds else {}, guessed  # the log says why
@@ -162,13 +169,6 @@ def normalize(table: RawTable, fmt: str, mapping: dict | None, system_prompt: st
             _add_system(result["messages"], row.get("system"), system_prompt)
         out.append(result)
     return out, fmt, dict(skipped), guessed
-
-
-def _any_known(rows: list, fmt: str) -> bool:
-    """Whether some row is already in a known format (then no column names are guessed)."""
-    forced = None if fmt == "auto" else fmt
-    wanted = (forced,) if forced else FORMATS
-    return any(isinstance(r, dict) and row_format(r, forced) in wanted for r in rows)
 
 
 # --- per-format converters: return a normalized row, None for an empty row, or raise _Skip ------
@@ -331,15 +331,15 @@ def _apply_mapping(table: RawTable, mapping: dict) -> list:
     if missing:
         raise DataError(f"Column mapping: {', '.join(map(repr, missing))} is not a column of "
                         f"{table.label}; its columns are {', '.join(table.columns) or 'none'}.")
-    renamed = []
-    for row in table.rows:
-        if isinstance(row, dict):
-            row = dict(row)
-            for field, column in mapping.items():
-                if column in row:
-                    row[field] = row.pop(column)
-        renamed.append(row)
-    return renamed
+    return [_rename(row, mapping) if isinstance(row, dict) else row for row in table.rows]
+
+
+def _rename(row: dict, mapping: dict) -> dict:
+    row = dict(row)
+    for field, column in mapping.items():
+        if column in row:
+            row[field] = row.pop(column)
+    return row
 
 
 def _unknown_columns(table: RawTable, forced: str | None = None) -> str:

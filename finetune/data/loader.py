@@ -5,14 +5,15 @@
 
 from __future__ import annotations
 
-from finetune.data import formats, readers
+from finetune.data import archives, formats, readers
 from finetune.data.types import Loaded, ProblemLog
 from finetune.errors import DataError
 
 
 def load(source: str, fmt: str = "auto", mapping: dict | None = None,
          system_prompt: str = "") -> Loaded:
-    """Normalized rows of `source` (file path, sample:NAME, or Hub id owner/name[:config][@split]).
+    """Normalized rows of `source`: a file path, a folder or an archive of files, sample:NAME, or
+    a Hub id owner/name[:config][@split].
 
     Raises DataError when nothing usable can be read; otherwise row-level problems are listed in
     Loaded.problems ("error": the data should be fixed before training; "warning": rows skipped).
@@ -20,7 +21,8 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
     fmt = (fmt or "auto").strip().lower()
     try:
         log = ProblemLog(source)
-        table = readers.read(source, log)
+        table = (archives.read(source, log) if archives.is_collection(source)
+                 else readers.read(source, log))
         log.source = table.label
         rows, fmt_used, skipped, guessed = formats.normalize(table, fmt, mapping, system_prompt, log)
     except DataError:
@@ -42,4 +44,4 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
     return Loaded(rows=rows, format=fmt_used, source=source, columns=list(table.columns),
                   problems=problems, n_raw=n_raw, detected=(fmt == "auto"), skipped=skipped,
                   mapping=guessed or {k: v for k, v in (mapping or {}).items() if v},
-                  mapping_guessed=bool(guessed))
+                  mapping_guessed=bool(guessed), files=table.files)

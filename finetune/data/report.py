@@ -64,6 +64,7 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
         "format_detected": loaded.detected,
         "format_help": FORMAT_HELP[loaded.format],
         "columns": loaded.columns,
+        "files": loaded.files,
         "mapping": mapping_text(loaded.mapping),
         "mapping_detected": loaded.mapping_guessed,
         "ignored_columns": loaded.ignored_columns,
@@ -84,6 +85,15 @@ def long_rows_message(longer: int, total: int, max_length: int, longest: int) ->
             f"(longest: {longest}). Training truncates them to {max_length} tokens, which cuts "
             "the end of the reply. Choose: raise max_length, or drop these rows (Data tab: "
             "'Drop rows longer than the max length').")
+
+
+def files_line(files: dict) -> str:
+    """'10000 read (9998 .json, 2 .txt), 3 not read (listed under problems)'."""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in files["read"].items())
+    line = f"{files['read_total']} read" + (f" ({kinds})" if kinds else "")
+    if files["not_read"]:
+        line += f", {len(files['not_read'])} not read (each listed under problems)"
+    return line
 
 
 def error_summary(source: str, message: str) -> dict:
@@ -121,6 +131,8 @@ def format_text(summary: dict) -> str:
             how = ("recognised from the column names; --map changes it"
                    if summary["mapping_detected"] else "as given with --map")
             lines.append(f"mapping:  {summary['mapping']} ({how})")
+        if summary.get("files"):
+            lines.append(f"files:    {files_line(summary['files'])}")
         r = summary["rows"]
         lines.append(f"rows:     {r['read']} read, {r['usable']} usable, {r['kept']} after cleaning")
         lines.append(f"cleaning: {r['duplicates']} exact duplicates removed, {r['empty']} empty "

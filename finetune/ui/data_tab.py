@@ -30,6 +30,8 @@ def understood_markdown(summary: dict, split_report: dict | None, state: dict | 
     how = "detected" if summary["format_detected"] else "as you chose"
     lines = [f"**Source:** `{summary['source']}`",
              f"**Format:** {summary['format']} ({how}): {summary['format_help']}."]
+    if summary.get("files"):
+        lines.append(f"**Files:** {data.files_line(summary['files'])}.")
     if summary.get("mapping"):
         how = ("recognised from their names; the *Column mapping* box changes it"
                if summary["mapping_detected"] else "your column mapping")
