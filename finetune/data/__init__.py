@@ -12,7 +12,8 @@ from finetune.data.clean import dedupe, mask_rows, mask_text
 from finetune.data.formats import parse_mapping
 from finetune.data.loader import load
 from finetune.data.readers import ARCHIVE_TYPES, FILE_TYPES, sample_names, sample_path, write_jsonl
-from finetune.data.report import Analysis, analyze, files_line, format_text, inspect_summary
+from finetune.data.report import (Analysis, analyze, export, files_line, format_text,
+                                  inspect_summary)
 from finetune.data.splits import VAL_SHARE, prepare, split, val_rows
 from finetune.data.stats import FITS, TRUNCATED, histogram, length_stats, percentile
 from finetune.data.tokens import TokenCounter
@@ -20,7 +21,7 @@ from finetune.data.types import (FORMAT_HELP, FORMATS, MAPPABLE, Loaded, Problem
                                  prompt_and_answer)
 
 __all__ = ["ARCHIVE_TYPES", "FILE_TYPES", "FITS", "FORMAT_HELP", "FORMATS", "MAPPABLE", "TRUNCATED", "VAL_SHARE",
-           "Analysis", "Loaded", "Problem", "Splits", "TokenCounter", "analyze", "dedupe",
+           "Analysis", "Loaded", "Problem", "Splits", "TokenCounter", "analyze", "dedupe", "export",
            "files_line", "format_text", "histogram", "inspect_summary", "length_stats", "load", "mask_rows",
            "mask_text", "parse_mapping", "percentile", "prepare", "prompt_and_answer",
            "sample_names", "sample_path", "split", "val_rows", "write_jsonl"]
