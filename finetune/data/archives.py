@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 import orjson
 
-from finetune.data import readers
+from finetune.data import documents, readers
 from finetune.data.readers import ARCHIVE_TYPES, RawTable
 from finetune.data.types import ProblemLog
 from finetune.errors import DataError
@@ -46,7 +46,7 @@ TEXT_FILES = (".txt", ".md")  # one row each: the whole text
 EXAMPLE_FILES = (".json",)  # one example each (or a list of rows)
 TABLE_FILES = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")  # read as on their own
 SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
-MEMBER_TYPES = [*TEXT_FILES, *EXAMPLE_FILES, *TABLE_FILES]
+MEMBER_TYPES = [*TEXT_FILES, *EXAMPLE_FILES, *TABLE_FILES, *documents.TYPES]
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,13 @@ class _Collection:
         try:
             table = self._parse(name, suffix, data)
         except DataError as e:
-            self.skipped.append({"file": name, "reason": str(e)})
-            self.log.add("error", "file unreadable", f"{name}: {e}", summary="files that could not be read")
+            # Readers name the file first ("notes.txt is not UTF-8 ..."): name it once.
+            reason = str(e).removeprefix(name).lstrip(": ") if str(e).startswith(name) else str(e)
+            if isinstance(e, documents.NoText):
+                return self.skip(name, reason.rstrip("."))
+            self.skipped.append({"file": name, "reason": reason})
+            self.log.add("error", "file unreadable", f"{name}: {reason}",
+                         summary="files that could not be read")
             return None
         if table is None:
             return None
@@ -148,6 +153,8 @@ class _Collection:
         single = lambda i: name  # noqa: E731 - a file that is one row is named by itself
         if suffix in TEXT_FILES:
             return RawTable([{"text": readers.decode(data, name).strip()}], ["text"], name, single)
+        if suffix in documents.TYPES:
+            return readers.document_table(data, name)
         if suffix in EXAMPLE_FILES:
             return self._example(name, data)
         if suffix in TABLE_FILES:

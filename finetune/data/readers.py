@@ -16,11 +16,12 @@ from typing import Callable
 
 import orjson
 
+from finetune.data import documents
 from finetune.data.types import ProblemLog
 from finetune.errors import DataError
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
-FILE_TYPES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"]
+FILE_TYPES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md", ".pdf", ".docx"]
 # Read by finetune.data.archives as one table (a folder is read the same way).
 ARCHIVE_TYPES = [".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"]
 _HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.:%\[\]-]+))?$")
@@ -89,11 +90,18 @@ def read_file(path: Path, log: ProblemLog) -> RawTable:
     label = path.name
     if suffix == ".parquet":
         return read_parquet(path, label)
+    if suffix in documents.TYPES:
+        return document_table(path.read_bytes(), label)
     if suffix not in FILE_TYPES + [".ndjson", ""]:
         raise DataError(f"{label}: files of type '{suffix}' are not supported; use "
                         f"{', '.join(FILE_TYPES)}, or a folder or an archive "
                         f"({', '.join(ARCHIVE_TYPES)}) of such files.")
     return read_text(decode(path.read_bytes(), label), label, suffix, log)
+
+
+def document_table(data: bytes, label: str) -> RawTable:
+    """A PDF or DOCX file: one row of its text."""
+    return RawTable([{"text": documents.text(data, label)}], ["text"], label, lambda i: label)
 
 
 def read_text(text: str, label: str, suffix: str, log) -> RawTable:
@@ -103,6 +111,8 @@ def read_text(text: str, label: str, suffix: str, log) -> RawTable:
         return _read_csv(text, label, "\t" if suffix == ".tsv" else ",")
     if suffix == ".txt":
         return _read_txt(text, label)
+    if suffix == ".md":  # a document: one row of its whole text
+        return RawTable([{"text": text.strip()}], ["text"], label, lambda i: label)
     if suffix == "" and not text.lstrip().startswith(("{", "[")):
         raise DataError(f"{label} has no file extension and does not look like JSON; name it "
                         f"with one of {', '.join(FILE_TYPES)}.")
