@@ -20,6 +20,9 @@ import sys
 
 from finetune.errors import FinetuneError
 
+MAP_HELP = ("which columns hold what, for names not understood on their own (question/answer "
+            "and the like are), e.g. 'prompt=ticket, completion=category'")
+
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     from finetune import config
@@ -65,16 +68,14 @@ def _parser() -> argparse.ArgumentParser:
                     "Hub dataset id")
     di.add_argument("--format", default="auto", help="override the detected format")
     di.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
-    di.add_argument("--map", default="", metavar="MAPPING",
-                    help="which columns hold what, e.g. 'prompt=question, completion=answer'")
+    di.add_argument("--map", default="", metavar="MAPPING", help=MAP_HELP)
     di.add_argument("--json", action="store_true")
     de = dsub.add_parser("export", help="write the normalized, cleaned rows as one JSONL file "
                          "(what the Data tab's 'Download as JSONL' gives)")
     de.add_argument("path", help="file, folder, archive, sample:NAME, or Hub dataset id")
     de.add_argument("--out", required=True, metavar="FILE.jsonl", help="the JSONL file to write")
     de.add_argument("--format", default="auto", help="override the detected format")
-    de.add_argument("--map", default="", metavar="MAPPING",
-                    help="which columns hold what, e.g. 'prompt=question, completion=answer'")
+    de.add_argument("--map", default="", metavar="MAPPING", help=MAP_HELP)
     de.add_argument("--mask-emails", action="store_true", help="replace e-mail addresses by [EMAIL]")
     de.add_argument("--mask-phones", action="store_true", help="replace phone numbers by [PHONE]")
     de.add_argument("--max-length", type=int, help="with --drop-long: the most tokens a row may have")

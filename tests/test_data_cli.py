@@ -57,10 +57,14 @@ def test_bench_data_prints_only_its_json(monkeypatch, capsys):
     from finetune.cli import main
 
     monkeypatch.setattr(bench_data, "N_ROWS", 300)
+    monkeypatch.setattr(bench_data, "N_FILES", 40)
     assert main(["bench", "data", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["data"]
     assert result["rows"] == 300 and result["usable"] and result["seconds"] >= 0
     assert result["cpu"]
+    for kind in ("zip", "folder"):
+        many = result["many_files"][kind]
+        assert many["rows"] == 40 and many["usable"] and many["preview_seconds"] >= 0
 
 
 def test_inspect_maps_unknown_columns_when_told_how(tmp_path, capsys):

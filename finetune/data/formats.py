@@ -55,7 +55,7 @@ def parse_mapping(text: str) -> dict[str, str]:
             continue
         if "=" not in part:
             raise DataError(f"Column mapping '{part.strip()}': write it as field=your_column, "
-                            "e.g. prompt=question, completion=answer.")
+                            "e.g. prompt=ticket, completion=category.")
         key, _, value = part.partition("=")
         mapping[key.strip()] = value.strip()
     return mapping
@@ -351,5 +351,5 @@ def _unknown_columns(table: RawTable, forced: str | None = None) -> str:
         head = f"{table.label}: no known data format in the columns found ({found})."
     expected = "; ".join(FORMAT_HELP[f] for f in FORMATS)
     text = f"{head} Expected one of: {expected}."
-    return (f"{text} Map your columns to these names ({MAP_HOW}), e.g. prompt=question, "
-            "completion=answer.")
+    return (f"{text} Map your columns to these names ({MAP_HOW}), e.g. prompt=ticket, "
+            "completion=category.")

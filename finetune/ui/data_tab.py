@@ -212,7 +212,7 @@ def build_data_tab(data_state: gr.State, model_state: gr.State) -> None:
         with gr.Row():
             fmt = gr.Dropdown(["auto", *data.FORMATS], value="auto", label="Format",
                               info="auto detects it from the columns")
-            mapping = gr.Textbox(label="Column mapping", placeholder="prompt=question, completion=answer",
+            mapping = gr.Textbox(label="Column mapping", placeholder="prompt=ticket, completion=category",
                                  info="Your columns as the names this tool reads: "
                                       + ", ".join(data.MAPPABLE), scale=2)
         with gr.Row():
