@@ -196,6 +196,14 @@ def test_caps_on_files_and_unpacked_size(tmp_path):
     assert "unpacks to more than 3.9 KiB" in refused(write_tar(tmp_path / "big.tgz", noise), tiny)
 
 
+def test_a_folder_without_data_files_says_so(tmp_path):
+    folder = write_folder(tmp_path / "photos", {"a.png": b"\x89PNG", "b.jpg": b"\xff\xd8"})
+    with pytest.raises(DataError) as e:
+        data.load(str(folder))
+    assert "photos: no data file could be read in it (2 files not read)" in str(e.value)
+    assert "photos/a.png: not read: files of type '.png'" in str(e.value)
+
+
 def test_a_damaged_archive_is_a_clear_error(tmp_path):
     bad = tmp_path / "broken.zip"
     bad.write_bytes(b"PK\x03\x04 not really a zip")

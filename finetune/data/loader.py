@@ -36,6 +36,11 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
     if invalid_json:
         skipped = {"invalid JSON": invalid_json, **skipped}
     problems = log.problems()
+    if not rows and table.files is not None and not table.files["read_total"]:
+        first = "\n  - ".join(p.message for p in problems[:6])
+        raise DataError(f"{table.label}: no data file could be read in it "
+                        f"({len(table.files['not_read'])} files not read). Files read: "
+                        f"{', '.join(archives.MEMBER_TYPES)}." + (f"\n  - {first}" if first else ""))
     if not rows:
         reasons = "; ".join(f"{n} {why}" for why, n in skipped.items()) or "no rows"
         first = "\n  - ".join(p.message for p in problems[:6])
