@@ -132,12 +132,12 @@ class _Collection:
             table = self._parse(name, suffix, data)
         except DataError as e:
             # Readers name the file first ("notes.txt is not UTF-8 ..."): name it once.
-            reason = str(e).removeprefix(name).lstrip(": ") if str(e).startswith(name) else str(e)
+            message = str(e) if str(e).startswith(name) else f"{name}: {e}"
+            reason = message.removeprefix(name).lstrip(": ")
             if isinstance(e, documents.NoText):
                 return self.skip(name, reason.rstrip("."))
             self.skipped.append({"file": name, "reason": reason})
-            self.log.add("error", "file unreadable", f"{name}: {reason}",
-                         summary="files that could not be read")
+            self.log.add("error", "file unreadable", message, summary="files that could not be read")
             return None
         if table is None:
             return None
