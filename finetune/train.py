@@ -243,7 +243,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     source = models.resolve(cfg.model)
     _log(run_dir, tee, f"model: {source.describe()}")
     tokenizer = models.load_tokenizer(source)
-    model = models.load_model(source, dtype=cfg.precision, quantize_4bit=cfg.method == "qlora",
+    model = models.load_model(source, dtype=hardware.weights_dtype(cfg.method, cfg.precision),
+                              quantize_4bit=cfg.method == "qlora",
                               device="cpu" if hw.device == "cpu" else hw.device)
     peft_config = None
     if cfg.method in ("lora", "qlora"):
