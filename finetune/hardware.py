@@ -237,29 +237,53 @@ def summary() -> dict:
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
+# TRL 1.16's fused LM head (trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE, trl/trainer/utils.py
+# _CHUNKED_LOGPROB_CHUNK_SIZE): the loss projects at most this many tokens x words at a time.
+LOSS_TILE_TOKENS, LOSS_TILE_WORDS = 4096, 32768
+
+
 def estimate_memory_gb(n_params: int, hidden: int, layers: int, vocab: int, method: str,
                        precision: str, batch: int, seq_len: int, checkpointing: bool,
-                       lora_params: int = 0) -> dict[str, float]:
+                       lora_params: int = 0, device: str = "cpu") -> dict[str, float]:
     """A rough peak-memory estimate (GB) split into parts, for the fit check before a run.
 
-    Weights in the compute precision (4-bit for QLoRA), gradients and AdamW state (two fp32
-    moments plus an fp32 master copy in mixed precision) for trained parameters, activations
-    (~34 values per hidden unit per token per layer without checkpointing, ~2 with it), and the
-    logits over the vocabulary, which dominate for small models with big vocabularies.
+    Weights: full fine-tuning keeps fp32 master weights (`weights_dtype`) and, under 16-bit
+    autocast, a 16-bit copy of each for the step; LoRA keeps the frozen base in the compute
+    precision (QLoRA ~0.55 byte a parameter) and fp32 adapters. Gradients (fp32) and AdamW's
+    two fp32 moments for what is trained. Activations: ~34 x hidden bytes per token per layer
+    in 16 bits (twice in fp32), counted once; attention scores are not kept (SDPA); with
+    checkpointing each layer keeps only its input and one layer is recomputed at a time. The
+    loss: TRL 1.16's fused LM head never builds the (tokens x vocabulary) logits, only tiles of
+    at most 4,096 x 32,768 (forward and backward; the CPU's torch path keeps ~3 fp32
+    temporaries of a tile), and fp32 gradients of the hidden states.
     """
     b = BYTES[precision]
-    weights = n_params * (0.55 if method == "qlora" else b)
-    trained = n_params if method == "full" else lora_params
-    optimizer = trained * (4 + 8 + (4 if b == 2 else 0))
+    if method == "full":
+        weights = n_params * (4 + (2 if b == 2 else 0))
+        trained = n_params
+    else:
+        weights = n_params * (0.55 if method == "qlora" else b) + lora_params * 4
+        trained = lora_params
+    optimizer = trained * (4 + 8)
     tokens = batch * seq_len
-    per_layer = (2 if checkpointing else 34) * hidden * b
-    activations = tokens * layers * per_layer
-    logits = tokens * vocab * 4 * 3  # fp32 logits, their softmax and its gradient
+    layer = 34 * hidden * b / 2  # bytes a token keeps for one layer's backward
+    activations = tokens * (layers * hidden * b + layer if checkpointing else layers * layer)
+    tile = min(tokens, LOSS_TILE_TOKENS) * min(vocab, LOSS_TILE_WORDS)
+    loss = tile * (2 * b if device == "cuda" else b + 3 * 4) + tokens * (4 * hidden + 32)
     parts = {"weights": weights, "gradients+optimizer": optimizer,
-             "activations": activations, "logits": logits}
+             "activations": activations, "loss": loss}
     gb = {k: v / 2**30 for k, v in parts.items()}
     gb["total"] = sum(gb.values()) * 1.15 + 0.4  # allocator slack and the framework itself
     return gb
+
+
+def logging_steps(device: str, max_steps: int) -> int:
+    """Steps between training log lines (and metrics.jsonl records): every step on a CPU, where
+    a step takes seconds; on a GPU, where steps take a fraction of a second, about 100 lines a
+    run (at most one every 10 steps), so logging does not slow the run down."""
+    if device != "cuda":
+        return 1
+    return max(1, min(10, max_steps // 100))
 
 
 # --- one GPU shared by the app and a training ---------------------------------------------------

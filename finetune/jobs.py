@@ -24,6 +24,8 @@ from finetune.errors import RunError
 from finetune.plan import Plan
 
 STOP_TIMEOUT_S = 10.0
+SAVE_TIMEOUT_S = 900.0  # a stop waits this long for a save in progress (a 7B full fine-tune
+# writes ~28 GB of fp32 weights plus its optimizer state) before it kills the process
 ACTIVE = ("queued", "starting", "running", "stopping")
 
 
@@ -33,6 +35,7 @@ ACTIVE = ("queued", "starting", "running", "stopping")
 def prepare_run(cfg: RunConfig) -> Plan:
     """Plan the config and write a new run directory ready to train (state 'queued'); the plan
     that is returned holds the run directory, the resolved config and the reasons."""
+    free_the_gpu()  # so the planner budgets the memory the app's chat models held
     planned = plan.plan(cfg)
     hint = cfg.name or f"{Path(str(cfg.data).split(':')[-1]).stem}-{cfg.method}"
     run_dir = runinfo.new_run_dir(hint)
@@ -96,12 +99,28 @@ def active_run() -> Path | None:
     return None
 
 
+def free_the_gpu() -> None:
+    """On a GPU, the models this process keeps for chat leave it before a training starts there
+    (one GPU shared by the app and the training process); on a CPU they stay."""
+    from finetune import hardware
+
+    if hardware.detect().device == "cuda":
+        hardware.release_models()
+
+
+def training_run_name() -> str | None:
+    """The name of the run training now, for messages about a busy GPU; None when none."""
+    run = active_run()
+    return run.name if run is not None else None
+
+
 def _spawn(run_dir: Path, resume: bool = False) -> int:
     """Start the worker for run_dir; refused (the run left as it was) while another trains."""
     busy = active_run()
     if busy is not None and busy != run_dir:
         raise RunError(f"Run '{busy.name}' is training now; one training at a time per machine. "
                        "Wait for it to finish or stop it first.")
+    free_the_gpu()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "finetune.train", str(run_dir)] + (["--resume"] if resume else [])
     log = open(run_dir / "train.log", "a", encoding="utf-8")
@@ -135,8 +154,16 @@ def resume(run_dir: Path) -> int:
     return _spawn(run_dir, resume=True)
 
 
+def _saving(run_dir: Path) -> bool:
+    """The training process is writing its checkpoint or weights (for at most SAVE_TIMEOUT_S):
+    killing it now would leave a half-written model."""
+    since = runinfo.read_status(run_dir).get("saving_since")
+    return bool(since) and time.time() - since < SAVE_TIMEOUT_S
+
+
 def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:
-    """Ask the run to stop (it saves a checkpoint and the adapter); kill its tree at the deadline."""
+    """Ask the run to stop (it saves a checkpoint and the adapter); kill its tree at the deadline,
+    unless it is saving then: a save in progress is given up to SAVE_TIMEOUT_S to finish."""
     st = status(run_dir)
     if st.get("state") not in ACTIVE or not _alive(st):
         if st.get("state") == "queued":
@@ -149,7 +176,7 @@ def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:
     except ProcessLookupError:
         pass
     deadline = time.time() + timeout - 0.5
-    while time.time() < deadline and _alive({"pid": pid}):
+    while _alive({"pid": pid}) and (time.time() < deadline or _saving(run_dir)):
         time.sleep(0.1)
     if _alive({"pid": pid}):
         try:

@@ -200,8 +200,14 @@ def lora_config(r: int, alpha: int, dropout: float, target: str, use_dora: bool)
                       use_dora=use_dora, task_type="CAUSAL_LM", bias="none")
 
 
-def load_tuned(run_dir: Path, dtype: str = "fp32", device: str = "cpu", merge: bool = True):
-    """The tuned model of a run: base + adapter (merged for speed), or the saved full model."""
+def load_tuned(run_dir: Path, dtype: str = "fp32", device: str = "cpu", merge: bool = True,
+               four_bit: bool | None = None):
+    """The tuned model of a run: base + adapter, or the saved full model.
+
+    The adapter is merged for speed, except on a 4-bit base: a QLoRA run (`four_bit` None
+    follows the run's method) answers with the 4-bit base it trained on and the adapter beside
+    it, so a model that needed 4 bits to train needs no more to chat; `four_bit=False` loads
+    the base in `dtype` (an export merges into 16/32-bit weights)."""
     from finetune import runinfo
 
     run_dir = Path(run_dir)
@@ -214,9 +220,10 @@ def load_tuned(run_dir: Path, dtype: str = "fp32", device: str = "cpu", merge: b
     if (result / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_model(resolve(cfg.model), dtype=dtype, device=device)
+        quantized = cfg.method == "qlora" if four_bit is None else four_bit
+        base = load_model(resolve(cfg.model), dtype=dtype, device=device, quantize_4bit=quantized)
         model = PeftModel.from_pretrained(base, result)
-        if merge:
+        if merge and not quantized:
             model = model.merge_and_unload()
     else:
         model = load_model(ModelSource("local", str(result), run_dir.name), dtype=dtype,

@@ -47,6 +47,7 @@ class Facts:
     answer_lengths: list[int] | None = None  # tokens that carry loss, per measured row
     n_val_file: int = 0  # rows in the validation file, when one was given
     estimated_rows: int = 0  # rows whose length is estimated from a sample (big datasets)
+    free_gb: float | None = None  # GPU memory free when planned (None: a CPU, budget the RAM)
 
 
 @dataclass
@@ -104,9 +105,21 @@ def val_fraction(f: Facts) -> tuple[float, str]:
                                          "validation loss (few, so checking it often stays cheap)")
 
 
-def effective_batch(n_train: int) -> tuple[int, str]:
-    """Rows per optimizer step: 8 keeps a CPU busy and learns fast; 16 for big datasets."""
+GPU_STEP_TOKENS = 16_384  # tokens per optimizer step that keep a GPU busy (big datasets only)
+
+
+def effective_batch(n_train: int, device: str = "cpu", row_tokens: float = 0.0) -> tuple[int, str]:
+    """Rows per optimizer step: 8 keeps a CPU busy and learns fast; 16 for big datasets, and on a
+    GPU as many rows as make ~GPU_STEP_TOKENS tokens (at most 128), since a GPU takes them in
+    about the time a CPU takes 8 rows."""
     if n_train >= 5000:
+        rows = 16
+        while device == "cuda" and row_tokens and rows < 128 and \
+                2 * rows * row_tokens <= GPU_STEP_TOKENS:
+            rows *= 2
+        if rows > 16:
+            return rows, (f"a large dataset on a GPU: {rows} rows of ~{row_tokens:.0f} tokens "
+                          f"(~{rows * row_tokens:,.0f} tokens) a step keep it busy")
         return 16, "a large dataset: bigger steps learn as well and run faster"
     if n_train >= 64:
         return 8, f"{n_train} training rows make {math.ceil(n_train / 8)} steps of 8 per pass"
@@ -146,6 +159,16 @@ def eval_interval(steps: int, n_val: int, rows_per_step: int) -> tuple[int, str]
     share = 100 * times * n_val * VALIDATION_COST / max(1, steps * rows_per_step)
     return every, (f"{times} validation(s) of {n_val} rows over {steps} steps: about {share:.0f}% "
                    "of the training time")
+
+
+def usable_memory(f: Facts) -> tuple[float, str]:
+    """(GB a training may use, how to say it): on a GPU what is free now (the app's own models
+    are released before a training starts; another process's are not), less a margin for the
+    allocator; on a CPU 60% of the RAM (the app, chat and the OS keep the rest)."""
+    if f.device == "cuda":
+        free = f.memory_gb if f.free_gb is None else min(f.free_gb, f.memory_gb)
+        return free * 0.95, f"{free:.1f} GB free on this GPU"
+    return f.memory_gb * 0.6, f"{f.memory_gb:.0f} GB"
 
 
 def patience(n_val: int, f: Facts) -> tuple[int, str]:
@@ -188,16 +211,17 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     decide("learning_rate", *learning_rate(cfg.method, f.n_params))
 
     # Batch: the effective batch the data calls for, as micro-batch x accumulation that fits.
-    eff, eff_reason = effective_batch(n_train)
+    row_tokens = min(sum(f.lengths) / len(f.lengths), int(length)) if f.lengths else 0.0
+    eff, eff_reason = effective_batch(n_train, f.device, row_tokens)
     if cfg.batch_size != AUTO and cfg.grad_accum == AUTO and int(cfg.batch_size) > eff:
         eff, eff_reason = int(cfg.batch_size), "your batch size, without accumulation"
-    avail = f.memory_gb * (0.85 if f.device == "cuda" else 0.6)
+    avail, room = usable_memory(f)
     lora_params = (lora_params_per_rank * int(rank)) if cfg.method != "full" else 0
 
     def need(batch, ckpt):
         return hardware.estimate_memory_gb(f.n_params, f.hidden, f.layers, f.vocab, cfg.method,
                                            values["precision"], batch, int(length), ckpt,
-                                           lora_params)["total"]
+                                           lora_params, f.device)["total"]
 
     micro = eff if cfg.batch_size == AUTO else int(cfg.batch_size)
     while cfg.batch_size == AUTO and micro > 1 and need(micro, False) > avail:
@@ -208,7 +232,7 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
         while micro < eff and need(micro * 2, True) <= avail:
             micro *= 2
     gb = need(micro, use_ckpt)
-    mem = f"needs ~{gb:.1f} of {f.memory_gb:.0f} GB"
+    mem = f"needs ~{gb:.1f} of {room}"
     decide("batch_size", micro, f"{mem} at max length {length}")
     accum = max(1, math.ceil(eff / int(values["batch_size"])))
     decide("grad_accum", accum, f"{values['batch_size']} x {accum} = {eff} rows per step: "
@@ -223,6 +247,8 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
         reasons["gradient_checkpointing"] = "set by you"
 
     final_gb = need(int(values["batch_size"]), values["gradient_checkpointing"] == "on")
+    busy = "" if f.free_gb is None or f.free_gb >= 0.9 * f.memory_gb else \
+        f" ({f.free_gb:.1f} of {f.memory_gb:.0f} GB free: other programs hold the rest)"
     if final_gb > avail:
         tips = [t for t, ok in (("method 'qlora' (4-bit base model)", cfg.method != "qlora"),
                                 ("a smaller batch size with more accumulation",
@@ -231,7 +257,7 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
                                  values["gradient_checkpointing"] != "on"),
                                 ("a shorter max length", True)) if ok]
         reasons["memory"] = (f"WILL NOT FIT: needs ~{final_gb:.1f} GB, {avail:.1f} GB usable on "
-                             f"this {f.device}. Try " + ", or ".join(tips) + ".")
+                             f"this {f.device}{busy}. Try " + ", or ".join(tips) + ".")
     else:
         reasons["memory"] = f"fits: needs ~{final_gb:.1f} GB of {avail:.1f} GB usable on this {f.device}"
 
@@ -289,7 +315,7 @@ def measure(cfg: RunConfig):
                   n_val_file=len(splits.val), answer_lengths=counter.answer_lengths(sample),
                   data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
                   precision=precision, precision_reason=why, device=hw.device,
-                  memory_gb=hw.memory_gb,
+                  memory_gb=hw.memory_gb, free_gb=hardware.free_memory_gb(),
                   **{k: v for k, v in shape.items() if k != "lora_per_rank"})
     return facts, source, shape["lora_per_rank"]
 

@@ -31,6 +31,7 @@ class _Stop:
     def __init__(self):
         self.requested_at: float | None = None
         self.abandoned = False  # the watchdog gave up waiting for the step to end
+        self.step_ended = False  # the step ended after the request: only saving is left
         self.finished = False
 
     def request(self, *_):
@@ -41,7 +42,7 @@ class _Stop:
 
     def _watchdog(self):
         time.sleep(STOP_GRACE_S)
-        if not self.finished:
+        if not self.finished and not self.step_ended:  # a save in progress is never cut
             self.abandoned = True
             _thread.interrupt_main()  # raises KeyboardInterrupt in the training loop
 
@@ -109,6 +110,8 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
             runinfo.update_status(run_dir, step=state.global_step, total_steps=state.max_steps,
                                   eta_s=round(eta, 1), s_per_step=round(per_step, 2))
             if stop.requested_at is not None:
+                stop.step_ended = True
+                runinfo.update_status(run_dir, saving_since=time.time())  # jobs.stop waits
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -274,7 +277,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
-        logging_steps=1,
+        logging_steps=hardware.logging_steps(hw.device, int(cfg.max_steps)),
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -307,6 +310,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         abandoned = True  # the stop watchdog gave up waiting for the step to end
     state = trainer.state
     out = run_dir / ("model" if cfg.method == "full" else "adapter")
+    runinfo.update_status(run_dir, saving_since=time.time())  # a stop now waits for the save
     trainer.save_model(str(out))  # with load_best_model_at_end these are the best weights
     tokenizer.save_pretrained(str(out))
     if stop.requested_at is not None:
@@ -314,12 +318,12 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         reason = (f"stopped by request at step {state.global_step} of {state.max_steps} ({how}); "
                   "resume continues from the latest checkpoint")
         return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
-                                     step=state.global_step, end_reason=reason)
+                                     step=state.global_step, end_reason=reason, saving_since=None)
     reason, best = _end_reason(state, int(cfg.max_steps), stopper)
     _log(run_dir, tee, reason)
     return runinfo.update_status(run_dir, state="completed", pid=None, finished=time.time(),
                                  step=state.global_step, end_reason=reason, best_step=best,
-                                 result=str(out))
+                                 result=str(out), saving_since=None)
 
 
 def main(argv: list[str] | None = None) -> int:

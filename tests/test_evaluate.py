@@ -52,7 +52,7 @@ def plain_cpu(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def make_run(root: Path, model: Path, rows: int = N_ROWS) -> Path:
+def make_run(root: Path, model: Path, rows: int = N_ROWS, method: str = "lora") -> Path:
     """A finished LoRA run on `model` whose test split is `rows` contacts rows. The adapter has
     random weights (training even a tiny model costs more time than these tests may take), so
     the tuned model differs from the base one without being better."""
@@ -72,7 +72,7 @@ def make_run(root: Path, model: Path, rows: int = N_ROWS) -> Path:
     train.write_text("\n".join((SAMPLES / "contacts" / "train.jsonl").read_text()
                                .splitlines()[:24]) + "\n")
     RunConfig(model=str(model), data=str(train), test_data=str(test), val_fraction=0.0,
-              name="tiny-run").save(run / "config.yaml")
+              name="tiny-run", method=method).save(run / "config.yaml")
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     lora = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False,
