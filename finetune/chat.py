@@ -43,7 +43,8 @@ def resolve_target(target: str | Path, base: bool = False) -> Target:
     try:
         run_dir = runinfo.run_path(target)
     except RunError:
-        if (paths.runs_dir() / str(target)).is_dir():  # a run folder without its config
+        folder = paths.runs_dir() / str(target)  # a run folder without its config (a name,
+        if folder.is_dir() and folder.parent == paths.runs_dir():  # not a model's own path)
             raise
         source = models.resolve(str(target))
         return Target("base", source.path, source.name, source)
