@@ -5,7 +5,8 @@
 Its output is the run's train.log. The user-facing commands (`python -m finetune train`,
 `resume --foreground`) call `run()` in the terminal instead. It reads only the run directory
 (config.yaml is fully resolved), so the same config repeats a run. SIGTERM (or Ctrl-C) stops it: the current step ends, a checkpoint and the adapter are saved,
-and status.json says "stopped"; if the step would take too long it is abandoned instead.
+and status.json says "stopped"; if the step would take too long it is abandoned instead. A save
+in progress is never cut: status.json says `saving_since`, and `jobs.stop` waits for it.
 """
 
 from __future__ import annotations

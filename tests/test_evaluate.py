@@ -151,6 +151,18 @@ def test_unfinished_run_is_refused_before_loading(tiny_model, tmp_path):
         evaluate.evaluate_run(run, log=lambda *a: None)
 
 
+def test_evaluation_on_a_gpu_busy_training_says_so_before_loading(trained_run, monkeypatch):
+    from finetune import evaluate, hardware, jobs
+    from finetune.errors import DeviceMemoryError
+
+    monkeypatch.setattr(hardware, "inference_settings", lambda: ("cuda", "bf16"))
+    monkeypatch.setattr(hardware, "free_memory_gb", lambda: 0.2)
+    monkeypatch.setattr(jobs, "training_run_name", lambda: "big-full")
+    with pytest.raises(DeviceMemoryError, match=r"GPU is busy training run big-full: 0.2 GB free, "
+                                                r"evaluating the base model needs ~"):
+        evaluate.evaluate_run(trained_run, log=lambda *a: None)
+
+
 def test_cli_eval_json(trained_run, capsys):
     from finetune import cli
 
