@@ -6,6 +6,7 @@
     python -m finetune eval runs/NAME --json
     python -m finetune chat runs/NAME --prompt "..."
     python -m finetune data inspect my.jsonl
+    python -m finetune data export my_files.zip --out cleaned.jsonl
     python -m finetune runs | status RUN | stop RUN | resume RUN
     python -m finetune export RUN --merge --gguf q8_0 --out DIR   # each export checked
     python -m finetune push RUN --repo NAME --merge [--space NAME-chat]   # needs HF_TOKEN
@@ -18,6 +19,9 @@ import json
 import sys
 
 from finetune.errors import FinetuneError
+
+MAP_HELP = ("which columns hold what, for names not understood on their own (question/answer "
+            "and the like are), e.g. 'prompt=ticket, completion=category'")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -60,12 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="inspect data before training")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     di = dsub.add_parser("inspect", help="detected format, counts, problems; exit 2 if unusable")
-    di.add_argument("path", help="file, sample:NAME, or Hub dataset id")
+    di.add_argument("path", help="file, folder, archive (.zip, .tar, .tar.gz), sample:NAME, or "
+                    "Hub dataset id")
     di.add_argument("--format", default="auto", help="override the detected format")
     di.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
-    di.add_argument("--map", default="", metavar="MAPPING",
-                    help="which columns hold what, e.g. 'prompt=question, completion=answer'")
+    di.add_argument("--map", default="", metavar="MAPPING", help=MAP_HELP)
     di.add_argument("--json", action="store_true")
+    de = dsub.add_parser("export", help="write the normalized, cleaned rows as one JSONL file "
+                         "(what the Data tab's 'Download as JSONL' gives)")
+    de.add_argument("path", help="file, folder, archive, sample:NAME, or Hub dataset id")
+    de.add_argument("--out", required=True, metavar="FILE.jsonl", help="the JSONL file to write")
+    de.add_argument("--format", default="auto", help="override the detected format")
+    de.add_argument("--map", default="", metavar="MAPPING", help=MAP_HELP)
+    de.add_argument("--mask-emails", action="store_true", help="replace e-mail addresses by [EMAIL]")
+    de.add_argument("--mask-phones", action="store_true", help="replace phone numbers by [PHONE]")
+    de.add_argument("--max-length", type=int, help="with --drop-long: the most tokens a row may have")
+    de.add_argument("--drop-long", action="store_true", help="leave out rows longer than --max-length")
 
     sub.add_parser("runs", help="list runs with model, method, data, status, losses")
     for name, helptext in (("status", "show a run's state and latest metrics"),
@@ -188,6 +202,14 @@ def cmd_chat(args) -> int:
 def cmd_data(args) -> int:
     from finetune import data
 
+    if args.data_command == "export":
+        summary = data.export(args.path, args.out, fmt=args.format, column_map=args.map,
+                              mask_emails=args.mask_emails, mask_phones=args.mask_phones,
+                              max_length=args.max_length, drop_long=args.drop_long)
+        _err(data.format_text(summary))
+        print(f"wrote {summary['rows']['kept']} rows to {summary['written']} (read as "
+              f"{summary['format']}; each row is now {{\"messages\": [...]}} or {{\"text\": ...}})")
+        return 0
     summary = data.inspect_summary(args.path, fmt=args.format, max_length=args.max_length,
                                    column_map=args.map)
     print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json

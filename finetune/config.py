@@ -39,14 +39,16 @@ class RunConfig:
     # --- what to train on what
     model: str = _f(DEFAULT_MODEL, f"Base model: the bundled '{BUNDLED_NAME}', a local directory, "
                     "or a Hugging Face Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
-    data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT), "
+    data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT, MD, "
+                   "PDF, DOCX), a folder or an archive (.zip, .tar, .tar.gz) of such files, "
                    "a bundled sample ('sample:contacts', 'sample:tickets', 'sample:rewrite') or a "
                    "Hub dataset id.")
     data_format: str = _f("auto", "How rows are read; 'auto' detects it from the columns.",
                           choices=["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"],
                           group="data")
-    column_map: str = _f("", "Which of your columns hold what, for data in no known format: "
-                         "e.g. 'prompt=question, completion=answer'.", group="data")
+    column_map: str = _f("", "Which of your columns hold what, for data in no known format "
+                         "(common names such as question/answer are read without one): "
+                         "e.g. 'prompt=ticket, completion=category'.", group="data")
     val_data: str = _f("", "Validation file. Empty: held out from the training data.", group="data")
     test_data: str = _f("", "Test file for evaluation. Empty: the sample's own test split, or "
                         "held out from the training data.", group="data")

@@ -221,3 +221,16 @@ def test_chat_on_a_busy_gpu_says_which_run_trains_and_what_it_needs(run, monkeyp
         list(chat.stream_reply(target, [{"role": "user", "content": PROMPT}]))
     assert "This answer ran out of memory. A training (run demo-lora) is using the GPU" in \
         str(e.value) and "fewer new tokens" in str(e.value)
+
+
+def test_a_fast_stream_redraws_the_window_a_few_times_and_ends_with_the_whole_answer(monkeypatch):
+    """A page redraws the whole message per update: a stream of many tiny pieces must not become
+    as many redraws (a busy page then ignores Stop), and the last update is the full answer."""
+    from finetune import chat
+
+    pieces = [f"w{i} " for i in range(400)]
+    monkeypatch.setattr(chat, "stream_reply", lambda *a, **k: iter(pieces))
+    shown = list(chat.chat_turn(None, [], "hi"))
+    assert shown[0] == [{"role": "user", "content": "hi"}]  # the message shows at once
+    assert shown[-1][-1] == {"role": "assistant", "content": "".join(pieces)}
+    assert len(shown) < 20, len(shown)
