@@ -165,10 +165,10 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
     many answer tokens there were. Rows longer than `max_length` tokens are cut at the end.
 
     The vocabulary projection runs through TRL's fused LM head (the one SFTTrainer trains
-    with): it never builds the (batch, length, vocabulary) logits, only tiles of at most
-    4,096 tokens x 32,768 words (`LOSS_TILE_BYTES`), so a 150k-word vocabulary at batch 16 x 1,024
-    tokens needs ~0.5 GB here instead of the ~25 GB that full logits plus an fp32 copy took;
-    on a GPU only the answer positions are projected."""
+    with): it never builds the (batch, length, vocabulary) logits, only one tile at a time of at
+    most 4,096 tokens x 32,768 words (`hardware.LOSS_TILE_TOKENS`, `LOSS_TILE_WORDS`: 256 MB in
+    bf16), where a 150k-word vocabulary at batch 16 x 1,024 tokens took ~25 GB (bf16 logits, an
+    fp32 copy and its log-softmax); on a GPU only the answer positions are projected."""
     import torch
 
     seqs = []
@@ -202,9 +202,6 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
         if on_batch:
             on_batch(done, len(order))
     return total_nll, total_tokens
-
-
-LOSS_TILE_BYTES = 4096 * 32768 * 4  # TRL 1.16's largest fp32 tile of the vocabulary projection
 
 
 def fused_scorer(model):

@@ -145,7 +145,8 @@ def test_answer_loss_of_a_big_vocabulary_never_builds_the_full_logits(tiny_model
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from finetune.generation import LOSS_TILE_BYTES, completion_ids, completion_nll
+    from finetune.generation import completion_ids, completion_nll
+    from finetune.hardware import LOSS_TILE_TOKENS, LOSS_TILE_WORDS
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     vocab = 150_000
@@ -163,6 +164,6 @@ def test_answer_loss_of_a_big_vocabulary_never_builds_the_full_logits(tiny_model
     full_logits = 4 * (width - 1) * vocab * 4
     print(f"largest allocation {largest / 2**20:.0f} MB, full logits {full_logits / 2**20:.0f} MB")
     assert largest < full_logits / 3
-    assert largest <= LOSS_TILE_BYTES
+    assert largest <= LOSS_TILE_TOKENS * LOSS_TILE_WORDS * 4
     ref_nll, ref_tokens = _reference_nll(model, tokenizer, rows)
     assert tokens == ref_tokens and abs(nll / tokens - ref_nll / ref_tokens) < 1e-5
