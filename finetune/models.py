@@ -18,6 +18,7 @@ from finetune.errors import ModelError
 __all__ = ["BUNDLED_NAME", "ModelSource", "bundled_dir", "context_from", "context_length",
            "ensure_bundled",
            "is_bundled", "load_model", "load_tokenizer", "load_tuned", "lora_config",
+           "trainable_to_fp32",
            "model_files", "model_shape", "resolve"]
 
 
@@ -189,6 +190,20 @@ def load_model(source: ModelSource, dtype: str = "fp32", quantize_4bit: bool = F
     if not quantize_4bit:
         model.to(device)
     return model
+
+
+def trainable_to_fp32(model) -> int:
+    """Put every trained parameter in fp32 (the frozen base stays as it is); returns how many
+    were cast. Under fp16 mixed precision the loss scaler needs fp32 trained weights, and a GPU
+    without bf16 (T4) only emulates the bf16 that TRL gives QLoRA adapters."""
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 def lora_config(r: int, alpha: int, dropout: float, target: str, use_dora: bool):

@@ -110,6 +110,8 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
             eta = per_step * max(0, state.max_steps - state.global_step)
             runinfo.update_status(run_dir, step=state.global_step, total_steps=state.max_steps,
                                   eta_s=round(eta, 1), s_per_step=round(per_step, 2))
+            if state.global_step >= state.max_steps:  # the last checkpoint is never resumed:
+                args.save_only_model = True  # no optimizer state (a 7B full FT: ~56 GB less)
             if stop.requested_at is not None:
                 stop.step_ended = True
                 runinfo.update_status(run_dir, saving_since=time.time())  # jobs.stop waits
@@ -298,6 +300,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
         eval_dataset=Dataset.from_list(to_trl_rows(splits.val)) if has_val else None,
         callbacks=callbacks)
+    if cfg.precision == "fp16":  # loss scaling wants fp32 trained weights (TRL makes QLoRA
+        models.trainable_to_fp32(trainer.model)  # adapters bf16, which a T4 only emulates)
     checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None
     if resume:
         _log(run_dir, tee, f"resuming from {checkpoint.name}" if checkpoint else

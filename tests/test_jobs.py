@@ -102,6 +102,10 @@ def test_killed_training_shows_as_interrupted_and_resumes_to_the_same_final_step
     status = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert status["state"] == "completed" and status["step"] == 12, runinfo.log_tail(run_dir)
     assert f"resuming from {killed_at}" in (run_dir / "train.log").read_text()
+    # the last checkpoint is never resumed, so it is saved without optimizer state; the one
+    # before it, written while the run could still be stopped and resumed, has it
+    last, before = (run_dir / "checkpoints" / f"checkpoint-{n}" for n in (12, 10))
+    assert not (last / "optimizer.pt").exists() and (before / "optimizer.pt").is_file()
 
 
 def test_resume_in_the_foreground_continues_a_stopped_run(tiny_model, tiny_data):
