@@ -3,6 +3,8 @@
     python -m finetune train --preset demo          # bundled model + bundled data, ~5 min on 2 cores
     python -m finetune train --data my.jsonl        # every setting resolved from the data and machine
     python -m finetune train runs/NAME/config.yaml  # repeat a run exactly
+    python -m finetune train CONFIG.yaml --num-processes 4 --strategy fsdp   # 4 GPUs (accelerate)
+    python -m finetune train CONFIG.yaml --num-machines 2 --num-processes 16 --main-process-ip HOST --slurm
     python -m finetune eval runs/NAME --json
     python -m finetune chat runs/NAME --prompt "..."
     python -m finetune data inspect my.jsonl
@@ -46,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="start from a preset: " + ", ".join(_preset_names()))
     t.add_argument("--dry-run", action="store_true",
                    help="resolve and print every setting with its reason, then stop")
+    t.add_argument("--slurm", action="store_true",
+                   help="prepare the run and write a Slurm batch script for it (RUN/run.slurm: "
+                        "one launcher per node) instead of training here")
     _add_config_flags(t)
 
     e = sub.add_parser("eval", help="base vs tuned on the held-out split: exact match, loss, ...")
@@ -147,7 +152,9 @@ def _config_from_args(args) -> "object":
 
 
 def cmd_train(args) -> int:
-    from finetune import jobs, plan, train
+    from pathlib import Path
+
+    from finetune import jobs, launch, plan, runinfo, train
 
     cfg = _config_from_args(args)
     if args.dry_run:
@@ -156,10 +163,38 @@ def cmd_train(args) -> int:
             print(f"{name:24s} {getattr(planned.config, name, '')!s:>12}  {reason}")
         return 0
     run_dir = jobs.prepare_run(cfg).run_dir
-    status = train.run(run_dir)
+    resolved = runinfo.load_config(run_dir)
+    if args.slurm:
+        script = launch.write_slurm(run_dir, resolved, Path.cwd())
+        print(f"{run_dir}\nstart it with: sbatch {script}")
+        return 0
+    if resolved.num_machines > 1:
+        print(f"{run_dir}\nstart it with one command on each machine (the run directory must be "
+              "on storage they all see):")
+        for rank, command in enumerate(launch.node_commands(run_dir, resolved)):
+            print(f"  machine {rank}: {command}")
+        return 0
+    if launch.distributed(resolved):
+        jobs.start(run_dir)
+        status = _follow(run_dir)
+    else:
+        status = train.run(run_dir)
     print(f"{status.get('state')}: {status.get('end_reason', '')}".rstrip(": "))
     print(run_dir)
     return 0 if status.get("state") in ("completed", "stopped") else 1
+
+
+def _follow(run_dir) -> dict:
+    """Show a background run's log here until it ends; Ctrl-C stops it (every process)."""
+    from finetune import jobs
+
+    try:
+        for text in jobs.follow(run_dir):
+            print(text, end="", flush=True)
+    except KeyboardInterrupt:
+        print("\nstopping every process of the run ...", file=sys.stderr, flush=True)
+        jobs.stop(run_dir)
+    return jobs.status(run_dir)
 
 
 def cmd_eval(args) -> int:
@@ -240,9 +275,14 @@ def cmd_stop(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from finetune import jobs, runinfo, train
+    from finetune import jobs, launch, runinfo, train
 
     run_dir = runinfo.run_path(args.run)
+    if args.foreground and launch.distributed(runinfo.load_config(run_dir)):
+        jobs.resume(run_dir)  # several processes: in the background, shown here
+        status = _follow(run_dir)
+        print(f"{status.get('state')}: {status.get('end_reason', '')}")
+        return 0 if status.get("state") in ("completed", "stopped") else 1
     if args.foreground:
         jobs.check_resumable(run_dir)
         status = train.run(run_dir, resume=True)

@@ -101,6 +101,13 @@ def detect() -> Hardware:
     return Hardware("cpu", cpu_model(), _ram_gb(), threads(), flags, bf16_native=native)
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this process may use (CUDA_VISIBLE_DEVICES respected); 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _matmul_gflops(dtype, device: str, budget_s: float = 0.05) -> float:
     import torch
 
@@ -244,8 +251,10 @@ LOSS_TILE_TOKENS, LOSS_TILE_WORDS = 4096, 32768
 
 def estimate_memory_gb(n_params: int, hidden: int, layers: int, vocab: int, method: str,
                        precision: str, batch: int, seq_len: int, checkpointing: bool,
-                       lora_params: int = 0, device: str = "cpu") -> dict[str, float]:
-    """A rough peak-memory estimate (GB) split into parts, for the fit check before a run.
+                       lora_params: int = 0, device: str = "cpu", processes: int = 1,
+                       strategy: str = "ddp") -> dict[str, float]:
+    """A rough peak-memory estimate (GB) of one process, split into parts, for the fit check
+    before a run.
 
     Weights: full fine-tuning keeps fp32 master weights (`weights_dtype`) and, under 16-bit
     autocast, a 16-bit copy of each for the step; LoRA keeps the frozen base in the compute
@@ -255,7 +264,9 @@ def estimate_memory_gb(n_params: int, hidden: int, layers: int, vocab: int, meth
     checkpointing each layer keeps only its input and one layer is recomputed at a time. The
     loss: TRL 1.16's fused LM head never builds the (tokens x vocabulary) logits, only tiles of
     at most 4,096 x 32,768 (forward and backward; the CPU's torch path keeps ~3 fp32
-    temporaries of a tile), and fp32 gradients of the hidden states.
+    temporaries of a tile), and fp32 gradients of the hidden states. With several processes,
+    fsdp and zero3 split the weights among them, and fsdp, zero2 and zero3 the gradients and
+    optimizer state; ddp keeps a whole copy in each.
     """
     b = BYTES[precision]
     if method == "full":
@@ -265,6 +276,10 @@ def estimate_memory_gb(n_params: int, hidden: int, layers: int, vocab: int, meth
         weights = n_params * (0.55 if method == "qlora" else b) + lora_params * 4
         trained = lora_params
     optimizer = trained * (4 + 8)
+    if processes > 1 and strategy in ("fsdp", "zero3"):
+        weights /= processes
+    if processes > 1 and strategy in ("fsdp", "zero2", "zero3"):
+        optimizer /= processes
     tokens = batch * seq_len
     layer = 34 * hidden * b / 2  # bytes a token keeps for one layer's backward
     activations = tokens * (layers * hidden * b + layer if checkpointing else layers * layer)

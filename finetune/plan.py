@@ -48,6 +48,7 @@ class Facts:
     n_val_file: int = 0  # rows in the validation file, when one was given
     estimated_rows: int = 0  # rows whose length is estimated from a sample (big datasets)
     free_gb: float | None = None  # GPU memory free when planned (None: a CPU, budget the RAM)
+    gpus: int = 0  # GPUs visible to this machine (each machine of the run has as many)
 
 
 @dataclass
@@ -186,6 +187,27 @@ def patience(n_val: int, f: Facts) -> tuple[int, str]:
                "validation is enough" if per_row else "one flat validation is enough")
 
 
+STRATEGY_WORDS = {"ddp": "each GPU holds the whole model and the processes average their "
+                          "gradients",
+                  "fsdp": "the weights, gradients and optimizer state are sharded among the "
+                          "processes (PyTorch FSDP)",
+                  "zero2": "the gradients and optimizer state are sharded among the processes "
+                           "(DeepSpeed ZeRO-2)",
+                  "zero3": "the weights, gradients and optimizer state are sharded among the "
+                           "processes (DeepSpeed ZeRO-3)"}
+
+
+def processes(f: Facts, machines: int) -> tuple[int, str]:
+    """'auto' processes: one per visible GPU on each machine, one on a machine without."""
+    if f.gpus <= 0:
+        return machines, ("no GPU: one process on the CPU" if machines == 1 else
+                          f"no GPU here: one process on each of the {machines} machines")
+    if machines > 1:
+        return f.gpus * machines, (f"one per GPU: {f.gpus} visible here, on each of the "
+                                   f"{machines} machines")
+    return f.gpus, ("one GPU visible" if f.gpus == 1 else f"one per visible GPU ({f.gpus})")
+
+
 def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[RunConfig, dict]:
     """Return (config with concrete values, {setting: reason}) for every auto setting."""
     from finetune import hardware
@@ -210,32 +232,46 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
         decide("lora_alpha", 2 * rank, f"twice the rank ({rank})")
     decide("learning_rate", *learning_rate(cfg.method, f.n_params))
 
-    # Batch: the effective batch the data calls for, as micro-batch x accumulation that fits.
+    # Processes: each takes its share of every step's rows (the global batch stays the same).
+    procs = int(decide("num_processes", *processes(f, cfg.num_machines)))
+    if procs > 1:
+        reasons["strategy"] = f"{cfg.strategy}: {STRATEGY_WORDS[cfg.strategy]}"
+
+    # Batch: the effective batch the data calls for, as processes x micro-batch x accumulation
+    # that fits.
     row_tokens = min(sum(f.lengths) / len(f.lengths), int(length)) if f.lengths else 0.0
     eff, eff_reason = effective_batch(n_train, f.device, row_tokens)
-    if cfg.batch_size != AUTO and cfg.grad_accum == AUTO and int(cfg.batch_size) > eff:
-        eff, eff_reason = int(cfg.batch_size), "your batch size, without accumulation"
+    if procs > eff:
+        eff, eff_reason = procs, f"at least one row for each of the {procs} processes"
+    if cfg.batch_size != AUTO and cfg.grad_accum == AUTO and int(cfg.batch_size) * procs > eff:
+        eff, eff_reason = int(cfg.batch_size) * procs, "your batch size, without accumulation"
     avail, room = usable_memory(f)
+    # Processes on a machine without GPUs share its memory; on GPUs each has its own.
+    sharing = 1 if f.device == "cuda" else max(1, procs // cfg.num_machines)
     lora_params = (lora_params_per_rank * int(rank)) if cfg.method != "full" else 0
 
     def need(batch, ckpt):
-        return hardware.estimate_memory_gb(f.n_params, f.hidden, f.layers, f.vocab, cfg.method,
-                                           values["precision"], batch, int(length), ckpt,
-                                           lora_params, f.device)["total"]
+        return sharing * hardware.estimate_memory_gb(
+            f.n_params, f.hidden, f.layers, f.vocab, cfg.method, values["precision"], batch,
+            int(length), ckpt, lora_params, f.device, procs, cfg.strategy)["total"]
 
-    micro = eff if cfg.batch_size == AUTO else int(cfg.batch_size)
+    micro = math.ceil(eff / procs) if cfg.batch_size == AUTO else int(cfg.batch_size)
     while cfg.batch_size == AUTO and micro > 1 and need(micro, False) > avail:
         micro //= 2
     ckpt_auto = cfg.gradient_checkpointing == AUTO
     use_ckpt = cfg.gradient_checkpointing == "on" or (ckpt_auto and need(micro, False) > avail)
     if cfg.batch_size == AUTO and use_ckpt:  # with checkpointing a bigger micro-batch may fit
-        while micro < eff and need(micro * 2, True) <= avail:
+        while micro < math.ceil(eff / procs) and need(micro * 2, True) <= avail:
             micro *= 2
     gb = need(micro, use_ckpt)
-    mem = f"needs ~{gb:.1f} of {room}"
+    where = f" on each GPU, in each of {procs} processes" if procs > 1 and sharing == 1 else \
+        f" for {procs} processes" if procs > 1 else ""
+    mem = f"needs ~{gb:.1f} of {room}{where}"
     decide("batch_size", micro, f"{mem} at max length {length}")
-    accum = max(1, math.ceil(eff / int(values["batch_size"])))
-    decide("grad_accum", accum, f"{values['batch_size']} x {accum} = {eff} rows per step: "
+    accum = max(1, math.ceil(eff / (int(values["batch_size"]) * procs)))
+    times = f"{procs} processes x " if procs > 1 else ""
+    decide("grad_accum", accum, f"{times}{values['batch_size']} x {accum} = "
+                                f"{procs * int(values['batch_size']) * accum} rows per step: "
                                 + eff_reason)
     if ckpt_auto:
         values["gradient_checkpointing"] = "on" if use_ckpt else "off"
@@ -256,12 +292,15 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
                                 ("gradient checkpointing 'on'",
                                  values["gradient_checkpointing"] != "on"),
                                 ("a shorter max length", True)) if ok]
-        reasons["memory"] = (f"WILL NOT FIT: needs ~{final_gb:.1f} GB, {avail:.1f} GB usable on "
-                             f"this {f.device}{busy}. Try " + ", or ".join(tips) + ".")
+        if procs > 1 and cfg.strategy != "zero3" and cfg.method != "qlora":
+            tips.insert(0, "strategy 'zero3' (weights sharded among the processes)")
+        reasons["memory"] = (f"WILL NOT FIT: needs ~{final_gb:.1f} GB{where}, {avail:.1f} GB "
+                             f"usable on this {f.device}{busy}. Try " + ", or ".join(tips) + ".")
     else:
-        reasons["memory"] = f"fits: needs ~{final_gb:.1f} GB of {avail:.1f} GB usable on this {f.device}"
+        reasons["memory"] = (f"fits: needs ~{final_gb:.1f} GB of {avail:.1f} GB usable on this "
+                             f"{f.device}" + (f"{where} ({cfg.strategy})" if procs > 1 else ""))
 
-    per_step = int(values["batch_size"]) * int(values["grad_accum"])
+    per_step = int(values["batch_size"]) * int(values["grad_accum"]) * procs
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
     if steps_per_epoch >= TARGET_STEPS:
         epochs_reason = f"one pass over {n_train} rows is {steps_per_epoch} steps: enough"
@@ -316,6 +355,7 @@ def measure(cfg: RunConfig):
                   data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
                   precision=precision, precision_reason=why, device=hw.device,
                   memory_gb=hw.memory_gb, free_gb=hardware.free_memory_gb(),
+                  gpus=hardware.gpu_count(),
                   **{k: v for k, v in shape.items() if k != "lora_per_rank"})
     return facts, source, shape["lora_per_rank"]
 
