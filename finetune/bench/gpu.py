@@ -93,7 +93,9 @@ def _one_method(method: str, model: str, log) -> dict:
     from finetune import chat, config, evaluate, hardware, jobs, plan, runinfo, train
 
     chat.CACHE.get(chat.resolve_target(model))  # the app holds a chat model when Start is pressed
-    cfg = config.RunConfig(model=model, method=method, name=f"bench-gpu-{method}")
+    # one process on one GPU: the figures are those of the Space's single card
+    cfg = config.RunConfig(model=model, method=method, name=f"bench-gpu-{method}",
+                           num_processes=1)
     planned = jobs.prepare_run(cfg)
     released = chat.CACHE.keys() == []
     resolved = planned.config
@@ -102,7 +104,7 @@ def _one_method(method: str, model: str, log) -> dict:
         facts.n_params, facts.hidden, facts.layers, facts.vocab, method, resolved.precision,
         int(resolved.batch_size), int(resolved.max_length),
         resolved.gradient_checkpointing == "on",
-        per_rank * int(resolved.lora_r) if method != "full" else 0, "cuda")
+        per_rank * int(resolved.lora_r) if method != "full" else 0, "cuda")  # one process
     log(f"{method}: training {resolved.max_steps} steps of {resolved.batch_size} x "
         f"{resolved.grad_accum}, {resolved.precision}; estimate {estimate['total']:.2f} GB")
     torch.cuda.reset_peak_memory_stats()
