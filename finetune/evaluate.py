@@ -15,7 +15,6 @@ agreement with the tuned model's answers; one that disagrees beyond rounding noi
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from datetime import datetime, timezone
@@ -73,8 +72,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     from finetune import hardware, jobs, models
 
     device, dtype = hardware.inference_settings()
-    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
+    training = jobs.training_run_name()
+    hardware.use_inference_threads(training_active=training is not None)
     source = models.resolve(cfg.model)
+    four_bit = cfg.method == "qlora"  # base and tuned answer on the 4-bit base it trained on
     tokenizer = models.load_tokenizer(source)
     counter = datamod.TokenCounter.from_tokenizer(tokenizer, source.name)
     longest = max(counter.encode_lengths([ref for _, ref in gen_rows]))
@@ -94,8 +95,13 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
             progress(min(1.0, (model_index * per_model + units) / (2 * per_model)), desc)
 
     def load(kind: str):
+        if device == "cuda":
+            need = hardware.inference_need_gb(models.model_shape(source)["n_params"], dtype,
+                                              four_bit, max_length)
+            hardware.check_room(need, f"evaluating the {kind} model", training)
         if kind == "base":
-            return models.load_model(source, dtype=dtype, device=device).eval()
+            return models.load_model(source, dtype=dtype, device=device,
+                                     quantize_4bit=four_bit).eval()
         return models.load_tuned(run_dir, dtype=dtype, device=device, merge=True)[0]
 
     report_metrics: dict[str, dict] = {}
@@ -104,16 +110,17 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     for index, kind in enumerate(("base", "tuned")):
         tell(index, 0, f"Loading the {kind} model")
         log(f"Loading the {kind} model...")
-        # loaded inline: once the call returns nothing holds it, and _release frees it
-        loss, answers[kind] = _loss_and_answers(
-            load(kind), tokenizer, loss_rows, gen_rows, max_new, max_length, device,
-            on_loss=lambda done, total, i=index: tell(
-                i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"),
-            on_answers=lambda done, total, i=index: tell(
-                i, 1 + loss_batches + gen_batches * done / total,
-                f"{kind}: answers {done}/{total}"),
-            after=lambda model, k=kind: probed.__setitem__(k, probe.answer(model, tokenizer)))
-        _release(device)
+        # loaded inline: once the call returns nothing holds it, and empty_cache frees it
+        with hardware.memory_errors(f"Evaluating the {kind} model", EVAL_TIPS, training):
+            loss, answers[kind] = _loss_and_answers(
+                load(kind), tokenizer, loss_rows, gen_rows, max_new, max_length, device,
+                on_loss=lambda done, total, i=index: tell(
+                    i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"),
+                on_answers=lambda done, total, i=index: tell(
+                    i, 1 + loss_batches + gen_batches * done / total,
+                    f"{kind}: answers {done}/{total}"),
+                after=lambda model, k=kind: probed.__setitem__(k, probe.answer(model, tokenizer)))
+        hardware.empty_cache()
         scores = metrics.compute(answers[kind], [r for _, r in gen_rows])
         scores["loss"] = loss
         scores["perplexity"] = math.exp(min(loss, 700)) if loss is not None else None
@@ -171,7 +178,7 @@ def _loss_and_answers(model, tokenizer, loss_rows, gen_rows, max_new: int, max_l
                       after=None) -> tuple[float | None, list[str]]:
     """One model's mean loss on the answer tokens of `loss_rows` and its greedy answers to
     `gen_rows`; `after(model)` asks the same loaded model more (the forgetting probe). Pass the
-    model inline and call `_release` after: nothing else then holds it."""
+    model inline and call `hardware.empty_cache` after: nothing else then holds it."""
     from finetune import generation
 
     batch = _batch(device)
@@ -184,10 +191,8 @@ def _loss_and_answers(model, tokenizer, loss_rows, gen_rows, max_new: int, max_l
     return (nll / tokens if tokens else None), answers
 
 
-def _release(device: str) -> None:
-    """Free a model no longer referenced, before the next one is loaded."""
-    gc.collect()
-    _empty_device_cache(device)
+EVAL_TIPS = ["fewer rows for answers (--limit, or the rows box)", "a test file with shorter rows",
+             "a QLoRA run (it evaluates on a 4-bit base)"]
 
 
 def evaluate_choice(run: str | None, test_file: str | None = None, on_file: bool = False,
@@ -257,15 +262,6 @@ def prompt_text(prompt: list[dict]) -> str:
     if len(turns) == 1:
         return turns[0]["content"]
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
-
-
-def _empty_device_cache(device: str) -> None:
-    import torch
-
-    if device == "cuda" and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    elif device == "mps" and hasattr(torch, "mps"):
-        torch.mps.empty_cache()
 
 
 # --- presenting a report ------------------------------------------------------------------------
@@ -416,15 +412,18 @@ def evaluate_export(run_dir: str | Path, name: str, kind: str, path: str | Path,
     rows, _ = _rows(cfg, None, log)
     gen_rows, loss_rows = rows[:report["n_examples"]], rows[:report["n_loss_examples"]]
     device, dtype = hardware.inference_settings()
-    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
+    training = jobs.training_run_name()
+    hardware.use_inference_threads(training_active=training is not None)
     tell(0.0, "loading")
     log(f"Checking {name} ({path}) on {len(gen_rows)} held-out rows...")
-    loss, answers = _loss_and_answers(
-        *_load_exported(kind, Path(path), dtype, device), loss_rows, gen_rows,
-        report["max_new_tokens"], _scored_length(cfg), device,
-        on_loss=lambda done, total: tell(0.2 + 0.2 * done / total, f"loss {done}/{total}"),
-        on_answers=lambda done, total: tell(0.4 + 0.6 * done / total, f"answers {done}/{total}"))
-    _release(device)
+    with hardware.memory_errors(f"Checking {name}", EVAL_TIPS, training):
+        loss, answers = _loss_and_answers(
+            *_load_exported(kind, Path(path), dtype, device), loss_rows, gen_rows,
+            report["max_new_tokens"], _scored_length(cfg), device,
+            on_loss=lambda done, total: tell(0.2 + 0.2 * done / total, f"loss {done}/{total}"),
+            on_answers=lambda done, total: tell(0.4 + 0.6 * done / total,
+                                                f"answers {done}/{total}"))
+    hardware.empty_cache()
     entry = {"kind": kind, "path": str(path), "precision": precision, "answers": answers,
              "loss": loss, "seconds": round(time.time() - started, 1),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -27,6 +27,8 @@ from finetune.errors import RunError
 from finetune.plan import Plan
 
 STOP_TIMEOUT_S = 10.0
+SAVE_TIMEOUT_S = 900.0  # a stop waits this long for a save in progress (a 7B full fine-tune
+# writes ~28 GB of fp32 weights plus its optimizer state) before it kills the process
 ACTIVE = ("queued", "starting", "running", "stopping")
 
 
@@ -36,6 +38,7 @@ ACTIVE = ("queued", "starting", "running", "stopping")
 def prepare_run(cfg: RunConfig) -> Plan:
     """Plan the config and write a new run directory ready to train (state 'queued'); the plan
     that is returned holds the run directory, the resolved config and the reasons."""
+    free_the_gpu()  # so the planner budgets the memory the app's chat models held
     planned = plan.plan(cfg)
     if launcher.distributed(planned.config):
         launcher.check(planned.config)  # before a run directory exists for it
@@ -112,12 +115,28 @@ def active_run() -> Path | None:
     return None
 
 
+def free_the_gpu() -> None:
+    """On a GPU, the models this process keeps for chat leave it before a training starts there
+    (one GPU shared by the app and the training process); on a CPU they stay."""
+    from finetune import hardware
+
+    if hardware.detect().device == "cuda":
+        hardware.release_models()
+
+
+def training_run_name() -> str | None:
+    """The name of the run training now, for messages about a busy GPU; None when none."""
+    run = active_run()
+    return run.name if run is not None else None
+
+
 def _spawn(run_dir: Path, resume: bool = False) -> int:
     """Start the worker for run_dir; refused (the run left as it was) while another trains."""
     busy = active_run()
     if busy is not None and busy != run_dir:
         raise RunError(f"Run '{busy.name}' is training now; one training at a time per machine. "
                        "Wait for it to finish or stop it first.")
+    free_the_gpu()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "finetune.train", str(run_dir)] + (["--resume"] if resume else [])
     cfg = runinfo.load_config(run_dir)
@@ -161,8 +180,16 @@ def resume(run_dir: Path) -> int:
     return _spawn(run_dir, resume=True)
 
 
+def _saving(run_dir: Path) -> bool:
+    """The training process is writing its checkpoint or weights (for at most SAVE_TIMEOUT_S):
+    killing it now would leave a half-written model."""
+    since = runinfo.read_status(run_dir).get("saving_since")
+    return bool(since) and time.time() - since < SAVE_TIMEOUT_S
+
+
 def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:
-    """Ask the run to stop (it saves a checkpoint and the adapter); kill its tree at the deadline."""
+    """Ask the run to stop (it saves a checkpoint and the adapter); kill its tree at the deadline,
+    unless it is saving then: a save in progress is given up to SAVE_TIMEOUT_S to finish."""
     st = status(run_dir)
     if st.get("state") not in ACTIVE or not _alive(st):
         if st.get("state") == "queued":
@@ -184,7 +211,8 @@ def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:
             pass
     workers = tree[1:] if several else []
     deadline = time.time() + timeout - 0.5
-    while time.time() < deadline and (_alive({"pid": pid}) or _any_running(workers)):
+    while (_alive({"pid": pid}) or _any_running(workers)) and \
+            (time.time() < deadline or _saving(run_dir)):
         time.sleep(0.1)
     if _alive({"pid": pid}) or _any_running(workers):
         _kill(pid, tree)

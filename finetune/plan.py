@@ -47,6 +47,7 @@ class Facts:
     answer_lengths: list[int] | None = None  # tokens that carry loss, per measured row
     n_val_file: int = 0  # rows in the validation file, when one was given
     estimated_rows: int = 0  # rows whose length is estimated from a sample (big datasets)
+    free_gb: float | None = None  # GPU memory free when planned (None: a CPU, budget the RAM)
     gpus: int = 0  # GPUs visible to this machine (each machine of the run has as many)
     # for the checks before training (data.checks): the rows, the counter that renders them as
     # training will, the model's folder (its generation config), what balancing did
@@ -119,9 +120,21 @@ def val_fraction(f: Facts) -> tuple[float, str]:
                                          "validation loss (few, so checking it often stays cheap)")
 
 
-def effective_batch(n_train: int) -> tuple[int, str]:
-    """Rows per optimizer step: 8 keeps a CPU busy and learns fast; 16 for big datasets."""
+GPU_STEP_TOKENS = 16_384  # tokens per optimizer step that keep a GPU busy (big datasets only)
+
+
+def effective_batch(n_train: int, device: str = "cpu", row_tokens: float = 0.0) -> tuple[int, str]:
+    """Rows per optimizer step: 8 keeps a CPU busy and learns fast; 16 for big datasets, and on a
+    GPU as many rows as make ~GPU_STEP_TOKENS tokens (at most 128), since a GPU takes them in
+    about the time a CPU takes 8 rows."""
     if n_train >= 5000:
+        rows = 16
+        while device == "cuda" and row_tokens and rows < 128 and \
+                2 * rows * row_tokens <= GPU_STEP_TOKENS:
+            rows *= 2
+        if rows > 16:
+            return rows, (f"a large dataset on a GPU: {rows} rows of ~{row_tokens:.0f} tokens "
+                          f"(~{rows * row_tokens:,.0f} tokens) a step keep it busy")
         return 16, "a large dataset: bigger steps learn as well and run faster"
     if n_train >= 64:
         return 8, f"{n_train} training rows make {math.ceil(n_train / 8)} steps of 8 per pass"
@@ -161,6 +174,16 @@ def eval_interval(steps: int, n_val: int, rows_per_step: int) -> tuple[int, str]
     share = 100 * times * n_val * VALIDATION_COST / max(1, steps * rows_per_step)
     return every, (f"{times} validation(s) of {n_val} rows over {steps} steps: about {share:.0f}% "
                    "of the training time")
+
+
+def usable_memory(f: Facts) -> tuple[float, str]:
+    """(GB a training may use, how to say it): on a GPU what is free now (the app's own models
+    are released before a training starts; another process's are not), less a margin for the
+    allocator; on a CPU 60% of the RAM (the app, chat and the OS keep the rest)."""
+    if f.device == "cuda":
+        free = f.memory_gb if f.free_gb is None else min(f.free_gb, f.memory_gb)
+        return free * 0.95, f"{free:.1f} GB free on this GPU"
+    return f.memory_gb * 0.6, f"{f.memory_gb:.0f} GB"
 
 
 def patience(n_val: int, f: Facts) -> tuple[int, str]:
@@ -230,12 +253,13 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
 
     # Batch: the effective batch the data calls for, as processes x micro-batch x accumulation
     # that fits.
-    eff, eff_reason = effective_batch(n_train)
+    row_tokens = min(sum(f.lengths) / len(f.lengths), int(length)) if f.lengths else 0.0
+    eff, eff_reason = effective_batch(n_train, f.device, row_tokens)
     if procs > eff:
         eff, eff_reason = procs, f"at least one row for each of the {procs} processes"
     if cfg.batch_size != AUTO and cfg.grad_accum == AUTO and int(cfg.batch_size) * procs > eff:
         eff, eff_reason = int(cfg.batch_size) * procs, "your batch size, without accumulation"
-    avail = f.memory_gb * (0.85 if f.device == "cuda" else 0.6)
+    avail, room = usable_memory(f)
     # Processes on a machine without GPUs share its memory; on GPUs each has its own.
     sharing = 1 if f.device == "cuda" else max(1, procs // cfg.num_machines)
     lora_params = (lora_params_per_rank * int(rank)) if cfg.method != "full" else 0
@@ -243,7 +267,7 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     def need(batch, ckpt):
         return sharing * hardware.estimate_memory_gb(
             f.n_params, f.hidden, f.layers, f.vocab, cfg.method, values["precision"], batch,
-            int(length), ckpt, lora_params, procs, cfg.strategy)["total"]
+            int(length), ckpt, lora_params, f.device, procs, cfg.strategy)["total"]
 
     micro = math.ceil(eff / procs) if cfg.batch_size == AUTO else int(cfg.batch_size)
     while cfg.batch_size == AUTO and micro > 1 and need(micro, False) > avail:
@@ -256,7 +280,7 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     gb = need(micro, use_ckpt)
     where = f" on each GPU, in each of {procs} processes" if procs > 1 and sharing == 1 else \
         f" for {procs} processes" if procs > 1 else ""
-    mem = f"needs ~{gb:.1f} of {f.memory_gb:.0f} GB{where}"
+    mem = f"needs ~{gb:.1f} of {room}{where}"
     decide("batch_size", micro, f"{mem} at max length {length}")
     accum = max(1, math.ceil(eff / (int(values["batch_size"]) * procs)))
     times = f"{procs} processes x " if procs > 1 else ""
@@ -273,6 +297,8 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
         reasons["gradient_checkpointing"] = "set by you"
 
     final_gb = need(int(values["batch_size"]), values["gradient_checkpointing"] == "on")
+    busy = "" if f.free_gb is None or f.free_gb >= 0.9 * f.memory_gb else \
+        f" ({f.free_gb:.1f} of {f.memory_gb:.0f} GB free: other programs hold the rest)"
     if final_gb > avail:
         tips = [t for t, ok in (("method 'qlora' (4-bit base model)", cfg.method != "qlora"),
                                 ("a smaller batch size with more accumulation",
@@ -283,7 +309,7 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
         if procs > 1 and cfg.strategy != "zero3" and cfg.method != "qlora":
             tips.insert(0, "strategy 'zero3' (weights sharded among the processes)")
         reasons["memory"] = (f"WILL NOT FIT: needs ~{final_gb:.1f} GB{where}, {avail:.1f} GB "
-                             f"usable on this {f.device}. Try " + ", or ".join(tips) + ".")
+                             f"usable on this {f.device}{busy}. Try " + ", or ".join(tips) + ".")
     else:
         reasons["memory"] = (f"fits: needs ~{final_gb:.1f} GB of {avail:.1f} GB usable on this "
                              f"{f.device}" + (f"{where} ({cfg.strategy})" if procs > 1 else ""))
@@ -342,8 +368,8 @@ def measure(cfg: RunConfig):
                   n_val_file=len(splits.val), answer_lengths=counter.answer_lengths(sample),
                   data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
                   precision=precision, precision_reason=why, device=hw.device,
-                  memory_gb=hw.memory_gb, gpus=hardware.gpu_count(), rows=rows,
-                  counter=counter,
+                  memory_gb=hw.memory_gb, free_gb=hardware.free_memory_gb(),
+                  gpus=hardware.gpu_count(), rows=rows, counter=counter,
                   model_folder=source.path if Path(source.path).is_dir() else
                   models.model_files(cfg.model),  # a Hub model: its cached config files
                   balanced=splits.report.get("balanced"), mixed=splits.report.get("mixed"),

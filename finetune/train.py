@@ -7,7 +7,8 @@ runs it and only the main one (rank 0) writes the run directory: status, metrics
 the tokenizer. Its output is the run's train.log. The user-facing commands
 (`python -m finetune train`, `resume --foreground`) call `run()` in the terminal instead. It reads only the run directory
 (config.yaml is fully resolved), so the same config repeats a run. SIGTERM (or Ctrl-C) stops it: the current step ends, a checkpoint and the adapter are saved,
-and status.json says "stopped"; if the step would take too long it is abandoned instead.
+and status.json says "stopped"; if the step would take too long it is abandoned instead. A save
+in progress is never cut: status.json says `saving_since`, and `jobs.stop` waits for it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class _Stop:
     def __init__(self):
         self.requested_at: float | None = None
         self.abandoned = False  # the watchdog gave up waiting for the step to end
+        self.step_ended = False  # the step ended after the request: only saving is left
         self.finished = False
 
     def request(self, *_):
@@ -45,7 +47,7 @@ class _Stop:
 
     def _watchdog(self):
         time.sleep(STOP_GRACE_S)
-        if not self.finished:
+        if not self.finished and not self.step_ended:  # a save in progress is never cut
             self.abandoned = True
             _thread.interrupt_main()  # raises KeyboardInterrupt in the training loop
 
@@ -148,7 +150,11 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
             eta = per_step * max(0, state.max_steps - state.global_step)
             _status(run_dir, step=state.global_step, total_steps=state.max_steps,
                     eta_s=round(eta, 1), s_per_step=round(per_step, 2))
+            if state.global_step >= state.max_steps and _processes() == 1:  # never resumed:
+                args.save_only_model = True  # no optimizer state (a 7B full FT: ~56 GB less)
             if _stop_agreed(stop, args):
+                stop.step_ended = True
+                _status(run_dir, saving_since=time.time())  # jobs.stop waits for the save
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -289,8 +295,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         # Each process its own GPU; fsdp and zero3 move their shards there from the CPU.
         device = "cpu" if cfg.strategy in ("fsdp", "zero3") else \
             f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    model = models.load_model(source, dtype=cfg.precision, quantize_4bit=cfg.method == "qlora",
-                              device=device)
+    model = models.load_model(source, dtype=hardware.weights_dtype(cfg.method, cfg.precision),
+                              quantize_4bit=cfg.method == "qlora", device=device)
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         peft_config = models.lora_config(int(cfg.lora_r), int(cfg.lora_alpha), cfg.lora_dropout,
@@ -319,7 +325,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
-        logging_steps=1,
+        logging_steps=hardware.logging_steps(hw.device, int(cfg.max_steps)),
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -340,6 +346,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
         eval_dataset=Dataset.from_list(to_trl_rows(splits.val)) if has_val else None,
         callbacks=callbacks)
+    if cfg.precision == "fp16":  # loss scaling wants fp32 trained weights (TRL makes QLoRA
+        models.trainable_to_fp32(trainer.model)  # adapters bf16, which a T4 only emulates)
     checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None
     if resume:
         _log(run_dir, tee, f"resuming from {checkpoint.name}" if checkpoint else
@@ -353,6 +361,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         abandoned = True  # the stop watchdog gave up waiting for the step to end
     state = trainer.state
     out = run_dir / ("model" if cfg.method == "full" else "adapter")
+    _status(run_dir, saving_since=time.time())  # a stop now waits for the save
     # Every process takes part in saving (sharded weights are gathered), except after a step
     # abandoned mid-way, when the others may be waiting inside that step.
     if not (abandoned and _processes() > 1 and cfg.strategy != "ddp"):
@@ -364,12 +373,12 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         reason = (f"stopped by request at step {state.global_step} of {state.max_steps} ({how}); "
                   "resume continues from the latest checkpoint")
         return _status(run_dir, state="stopped", pid=None, finished=time.time(),
-                       step=state.global_step, end_reason=reason)
+                       step=state.global_step, end_reason=reason, saving_since=None)
     reason, best = _end_reason(state, int(cfg.max_steps), stopper)
     _log(run_dir, tee, reason)
     return _status(run_dir, state="completed", pid=None, finished=time.time(),
                    step=state.global_step, end_reason=reason, best_step=best,
-                   result=str(out))
+                   result=str(out), saving_since=None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def plain_cpu(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def make_run(root: Path, model: Path, rows: int = N_ROWS) -> Path:
+def make_run(root: Path, model: Path, rows: int = N_ROWS, method: str = "lora") -> Path:
     """A finished LoRA run on `model` whose test split is `rows` contacts rows. The adapter has
     random weights (training even a tiny model costs more time than these tests may take), so
     the tuned model differs from the base one without being better."""
@@ -72,7 +72,7 @@ def make_run(root: Path, model: Path, rows: int = N_ROWS) -> Path:
     train.write_text("\n".join((SAMPLES / "contacts" / "train.jsonl").read_text()
                                .splitlines()[:24]) + "\n")
     RunConfig(model=str(model), data=str(train), test_data=str(test), val_fraction=0.0,
-              name="tiny-run").save(run / "config.yaml")
+              name="tiny-run", method=method).save(run / "config.yaml")
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     lora = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False,
@@ -167,6 +167,18 @@ def test_unfinished_run_is_refused_before_loading(tiny_model, tmp_path):
     RunConfig(model=str(tiny_model)).save(run / "config.yaml")
     with pytest.raises(RunError, match="no trained model yet"):
         evaluate.evaluate_run(run, log=lambda *a: None)
+
+
+def test_evaluation_on_a_gpu_busy_training_says_so_before_loading(trained_run, monkeypatch):
+    from finetune import evaluate, hardware, jobs
+    from finetune.errors import DeviceMemoryError
+
+    monkeypatch.setattr(hardware, "inference_settings", lambda: ("cuda", "bf16"))
+    monkeypatch.setattr(hardware, "free_memory_gb", lambda: 0.2)
+    monkeypatch.setattr(jobs, "training_run_name", lambda: "big-full")
+    with pytest.raises(DeviceMemoryError, match=r"GPU is busy training run big-full: 0.2 GB free, "
+                                                r"evaluating the base model needs ~"):
+        evaluate.evaluate_run(trained_run, log=lambda *a: None)
 
 
 def test_cli_eval_json(trained_run, capsys):

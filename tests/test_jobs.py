@@ -95,6 +95,10 @@ def test_killed_training_shows_as_interrupted_and_resumes_to_the_same_final_step
     status = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert status["state"] == "completed" and status["step"] == 12, runinfo.log_tail(run_dir)
     assert f"resuming from {killed_at}" in (run_dir / "train.log").read_text()
+    # the last checkpoint is never resumed, so it is saved without optimizer state; the one
+    # before it, written while the run could still be stopped and resumed, has it
+    last, before = (run_dir / "checkpoints" / f"checkpoint-{n}" for n in (12, 10))
+    assert not (last / "optimizer.pt").exists() and (before / "optimizer.pt").is_file()
 
 
 def test_resume_in_the_foreground_continues_a_stopped_run(tiny_model, tiny_data):
@@ -118,3 +122,23 @@ def test_training_survives_the_app_being_killed_and_is_reattached(tiny_model, ti
     assert jobs.active_run() == run_dir
     st = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert st["state"] == "completed" and st["step"] == 10
+
+
+def test_a_stop_waits_for_a_save_in_progress_and_kills_a_process_that_is_not_saving(tmp_path):
+    """A process that ignores SIGTERM for 3 s stands for a training writing a multi-GB model:
+    while its status says it is saving, the stop waits for it instead of killing it at the
+    deadline; without that mark it is killed at the deadline."""
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "time.sleep(3)  # finetune")
+    for saving, killed in ((True, False), (False, True)):
+        run_dir = runinfo.new_run_dir(f"saving-{saving}")
+        proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        time.sleep(0.5)  # the interpreter is up and ignores SIGTERM
+        runinfo.update_status(run_dir, state="running", pid=proc.pid,
+                              saving_since=time.time() if saving else None)
+        t0 = time.time()
+        st = jobs.stop(run_dir, timeout=1.0)
+        took = time.time() - t0
+        proc.wait(timeout=10)
+        assert ("killed after" in (st.get("end_reason") or "")) == killed, st
+        assert (took < 2.0) == killed, took

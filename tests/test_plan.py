@@ -8,14 +8,15 @@ SMOL = dict(n_params=134_515_008, hidden=576, layers=30, vocab=49152, context=81
 
 
 def facts(n_rows, lengths=None, memory_gb=23.0, precision=("fp32", "probe"), device="cpu",
-          has_val_file=False, **shape):
+          has_val_file=False, free_gb=None, **shape):
     rng = random.Random(0)
     lengths = lengths if lengths is not None else [rng.randint(60, 110) for _ in range(n_rows)]
     # Big datasets: the counter tokenizes a sample and estimates the other rows' lengths.
     estimated = max(0, len(lengths) - 4000) if len(lengths) > 4000 else 0
     return plan.Facts(n_rows=n_rows, lengths=lengths, has_val_file=has_val_file,
                       device=device, memory_gb=memory_gb, precision=precision[0],
-                      precision_reason=precision[1], estimated_rows=estimated, **{**SMOL, **shape})
+                      precision_reason=precision[1], estimated_rows=estimated, free_gb=free_gb,
+                      **{**SMOL, **shape})
 
 
 def run(cfg=None, **kw):
@@ -132,6 +133,37 @@ def test_patience_is_three_when_the_validation_loss_rests_on_few_answer_tokens()
         reasons["early_stopping_patience"]
     kept, reasons = run(config.RunConfig(early_stopping_patience=4), n_rows=360)
     assert kept.early_stopping_patience == 4 and reasons["early_stopping_patience"] == "set by you"
+
+
+def test_on_a_gpu_the_plan_budgets_the_memory_free_now():
+    """A 1.7B model, full fine-tuning, on an 80 GB GPU: all free, the micro-batch is the whole
+    step; with 12 GB free (another program holds the rest) it is smaller and the reason says
+    what is free."""
+    big = dict(n_params=1_700_000_000, hidden=2048, layers=24, vocab=151_936, context=32768)
+    cfg = config.RunConfig(method="full")
+    free, _ = plan.resolve(cfg, facts(n_rows=360, lengths=[1000] * 360, device="cuda",
+                                      memory_gb=80.0, precision=("bf16", "gpu"), **big))
+    tight, reasons = plan.resolve(cfg, facts(n_rows=360, lengths=[1000] * 360, device="cuda",
+                                             memory_gb=80.0, free_gb=40.0,
+                                             precision=("bf16", "gpu"), **big))
+    assert free.batch_size == 8 and tight.batch_size < 8
+    assert "40.0 GB free on this GPU" in reasons["batch_size"]
+    _, reasons = plan.resolve(cfg, facts(n_rows=360, lengths=[1000] * 360, device="cuda",
+                                         memory_gb=80.0, free_gb=6.0,
+                                         precision=("bf16", "gpu"), **big))
+    assert reasons["memory"].startswith("WILL NOT FIT") and "6.0 of 80 GB free" in \
+        reasons["memory"]
+
+
+def test_a_big_dataset_on_a_gpu_takes_steps_of_about_16k_tokens():
+    cpu, _ = run(n_rows=50_000)  # rows of 60-110 tokens
+    gpu, reasons = plan.resolve(config.RunConfig(), facts(
+        n_rows=50_000, device="cuda", memory_gb=80.0, precision=("bf16", "gpu")),
+        lora_params_per_rank=60_000)
+    assert cpu.batch_size * cpu.grad_accum == 16
+    assert gpu.batch_size * gpu.grad_accum == 128 and "a large dataset on a GPU: 128 rows" in \
+        reasons["grad_accum"]
+    assert hardware.logging_steps("cpu", 3113) == 1 and hardware.logging_steps("cuda", 390) == 3
 
 
 def test_processes_share_each_step_and_the_global_batch_stays_what_the_reasons_say():

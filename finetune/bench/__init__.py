@@ -5,6 +5,7 @@
     python -m finetune bench chat            # time to first token, decode tokens/s
     python -m finetune bench data            # `data inspect` on 100,000 rows; 10,000 files
     python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~2 h)
+    python -m finetune bench gpu --json      # the GPU path end to end (needs a CUDA GPU)
 
 Each benchmark is a function returning a JSON-ready dict; the CLI prints them. Progress lines go
 to stderr, so `--json` output is the results alone.
@@ -51,9 +52,16 @@ def bench_defaults() -> dict:
     return run(log=log)
 
 
+def bench_gpu() -> dict:
+    from finetune.bench.gpu import bench_gpu as run
+
+    return run(log=log)
+
+
 BENCHES = {"hardware": bench_hardware, "data": bench_data, "chat": bench_chat,
-           "train": bench_train, "defaults": bench_defaults}
-QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about two hours
+           "train": bench_train, "defaults": bench_defaults, "gpu": bench_gpu}
+QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about two hours,
+# `gpu` needs a CUDA GPU
 
 
 def check_names(what: list[str]) -> list[str]:
