@@ -9,9 +9,10 @@ finetune/bench/tasks/, read by `python -m finetune bench defaults`. They are not
 the Data tab offers the three samples only.
 """
 
-import json
 import random
 from pathlib import Path
+
+from make_samples import write  # this folder is on the path when the script runs
 
 OUT = Path(__file__).resolve().parent.parent / "finetune" / "bench" / "tasks"
 
@@ -89,25 +90,17 @@ def _row(system, prompt, answer):
                          {"role": "assistant", "content": answer}]}
 
 
-def write(name, train, test):
-    folder = OUT / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", train), ("test", test)):
-        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def main():
     rng = random.Random(23)
     ev = EVENTS[:]
     rng.shuffle(ev)
-    write("dates", dates(rng, ev[:24], 400), dates(rng, ev[24:], 50))
+    write("dates", dates(rng, ev[:24], 400), dates(rng, ev[24:], 50), OUT)
     it, sh = ITEMS[:], SHOPS[:]
     rng.shuffle(it)
     rng.shuffle(sh)
     # Held-out receipts: other shops, and items the training rows never name.
-    write("receipts", receipts(rng, sh[:12], it[:24], 400), receipts(rng, sh[12:], it[24:], 50))
+    write("receipts", receipts(rng, sh[:12], it[:24], 400), receipts(rng, sh[12:], it[24:], 50),
+          OUT)
 
 
 if __name__ == "__main__":

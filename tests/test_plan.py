@@ -132,3 +132,33 @@ def test_patience_is_three_when_the_validation_loss_rests_on_few_answer_tokens()
         reasons["early_stopping_patience"]
     kept, reasons = run(config.RunConfig(early_stopping_patience=4), n_rows=360)
     assert kept.early_stopping_patience == 4 and reasons["early_stopping_patience"] == "set by you"
+
+
+def test_a_small_dataset_gets_more_passes_while_a_first_run_stays_short():
+    # 400 rows of 50 tokens on a CPU measured at 77 GFLOP/s: a pass is ~4 min, so 3 fit.
+    small, reasons = run(n_rows=400, lengths=[50] * 400, gflops=77.0, answer_lengths=[10] * 400)
+    assert small.epochs == 3.0 and small.max_steps == 3 * 48
+    assert reasons["epochs"].startswith("3 passes over 380 rows (48 steps each, ~")
+    assert "validation ends the run when the answers stop improving" in reasons["epochs"]
+    # Rows four times longer: a pass is ~15 min, past the first-run budget: one pass.
+    long, reasons = run(n_rows=400, lengths=[240] * 400, gflops=77.0)
+    assert long.epochs == 1.0 and "a second would take a first run past 12 min" in reasons["epochs"]
+    # Without early stopping nothing would end extra passes; big datasets get one pass.
+    off, reasons = run(config.RunConfig(early_stopping=False), n_rows=400, lengths=[60] * 400,
+                       gflops=77.0)
+    assert off.epochs == 1.0 and "no early stopping" in reasons["epochs"]
+    big, _ = run(n_rows=20_000, gflops=77.0)
+    assert big.epochs == 1.0
+
+
+def test_short_answers_are_scored_by_exact_match_within_the_validation_budget():
+    short, reasons = run(n_rows=400, lengths=[60] * 400, gflops=77.0, answer_lengths=[10] * 400)
+    assert short.early_stopping_score == "exact_match" and short.early_stopping_score_rows == 20
+    share = int(reasons["eval_steps"].split("about ")[1].split("%")[0])
+    assert "20 of them answered" in reasons["eval_steps"] and share <= 16
+    longish, _ = run(n_rows=400, answer_lengths=[80] * 400)
+    assert longish.early_stopping_score == "rouge_l"
+    long, reasons = run(n_rows=400, answer_lengths=[400] * 400, lengths=[500] * 400)
+    assert long.early_stopping_score == "none" and "too slow" in reasons["early_stopping_score"]
+    text, reasons = run(n_rows=400, data_format="text", answer_lengths=[80] * 400)
+    assert text.early_stopping_score == "none"
