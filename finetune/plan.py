@@ -29,7 +29,11 @@ STEADY_ANSWER_TOKENS = 100  # answer tokens a validation pass needs for a steady
 # ROUGE-L up to LONG_ANSWER tokens (90th percentile), none beyond (too slow to generate).
 SCORE_ROWS, MIN_SCORE_ROWS = 32, 8
 SHORT_ANSWER, LONG_ANSWER = 48, 128
-GEN_TOKEN_COST = 1.0  # a generated answer token costs about one training token (fwd + bwd)
+SCORED_VALIDATIONS = 6  # answer no more rows than lets this many validations fit the budget
+# A generated answer token costs about 1.5 training tokens (forward and backward) on a CPU: greedy
+# answers are decoded a token at a time (docs/BENCHMARKS.md: 100 contacts answers took ~140 s
+# where a training row took ~0.8 s, on the AMD EPYC family 25 model 1).
+GEN_TOKEN_COST = 1.5
 # Passes: a small dataset is repeated (up to MAX_PASSES) while the estimated training time stays
 # within FIRST_RUN_S, so a first run on a CPU stays short; validation ends the run earlier
 # when the answers stop improving.
@@ -191,10 +195,11 @@ def score_cost(f: Facts) -> float:
 
 
 def score_rows(n_val: int, steps: int, rows_per_step: int, cost: float) -> tuple[int, str]:
-    """Validation rows answered at each validation: all of them up to SCORE_ROWS, fewer when
-    answering them at least MIN_VALIDATIONS times would pass the validation budget."""
+    """Validation rows answered at each validation: all of them up to SCORE_ROWS, fewer (but at
+    least MIN_SCORE_ROWS) when answering them SCORED_VALIDATIONS times would pass the budget."""
     rows = min(n_val, SCORE_ROWS)
-    room = VALIDATION_BUDGET * steps * rows_per_step / MIN_VALIDATIONS - n_val * VALIDATION_COST
+    room = (VALIDATION_BUDGET * steps * rows_per_step / SCORED_VALIDATIONS
+            - n_val * VALIDATION_COST)
     fit = max(0, int(room / cost))
     if fit < rows:
         rows = max(min(fit, rows), min(MIN_SCORE_ROWS, n_val))

@@ -152,10 +152,16 @@ def test_a_small_dataset_gets_more_passes_while_a_first_run_stays_short():
 
 
 def test_short_answers_are_scored_by_exact_match_within_the_validation_budget():
+    # 2 passes of 48 steps, 20 validation rows: answering 16 of them lets 6 validations fit.
     short, reasons = run(n_rows=400, lengths=[60] * 400, gflops=77.0, answer_lengths=[10] * 400)
-    assert short.early_stopping_score == "exact_match" and short.early_stopping_score_rows == 20
+    assert short.early_stopping_score == "exact_match" and short.early_stopping_score_rows == 16
+    assert "16 of 20 validation rows" in reasons["early_stopping_score_rows"]
     share = int(reasons["eval_steps"].split("about ")[1].split("%")[0])
-    assert "20 of them answered" in reasons["eval_steps"] and share <= 16
+    assert reasons["eval_steps"].startswith("6 validation(s) of 20 rows, 16 of them answered")
+    assert share <= 16
+    # A run too short for that still answers 8 rows (fewer would say little).
+    few, reasons = run(n_rows=360, answer_lengths=[35] * 360)
+    assert few.early_stopping_score_rows == 8
     longish, _ = run(n_rows=400, answer_lengths=[80] * 400)
     assert longish.early_stopping_score == "rouge_l"
     long, reasons = run(n_rows=400, answer_lengths=[400] * 400, lengths=[500] * 400)

@@ -1,6 +1,7 @@
 """Do the auto defaults work the first time? Defaults vs hand-tuned vs LLaMA-Factory's defaults.
 
-    python -m finetune bench defaults            # ~2 hours on a 2-core CPU; a markdown table
+    python -m finetune bench defaults            # hours on a 2-core CPU; a markdown table
+    python -m finetune bench defaults --tasks dates --setups auto    # one row
 
 Each task is a bundled sample, or one of the two tasks under finetune/bench/tasks/ whose answers need
 small arithmetic or re-ordering (dates: free-text appointment -> 'YYYY-MM-DD HH:MM'; receipts: the
@@ -88,7 +89,13 @@ def markdown(rows: list[dict], machine: str) -> str:
 
 def bench_defaults(tasks=None, setups=None, log=print) -> dict:
     from finetune import hardware
+    from finetune.errors import ConfigError
 
+    unknown = [t for t in tasks or [] if t not in TASKS] + \
+        [s for s in setups or [] if s not in SETUPS]
+    if unknown:
+        raise ConfigError(f"Unknown task(s) or setup(s) {', '.join(unknown)}: tasks are "
+                          f"{', '.join(TASKS)}; setups are {', '.join(SETUPS)}.")
     rows = [run_one(task, setup, log) for task in (tasks or TASKS)
             for setup in (setups or SETUPS)]
     machine = hardware.detect().describe()
