@@ -161,7 +161,7 @@ def eval_interval(steps: int, n_val: int, rows_per_step: int, scored: int = 0,
     cheap = math.ceil(per_pass / (VALIDATION_BUDGET * rows_per_step))
     every = max(1, math.ceil(steps / MAX_VALIDATIONS), cheap)
     every = min(every, max(1, math.ceil(steps / MIN_VALIDATIONS)), 10_000)
-    times = math.ceil(steps / every)
+    times = max(1, steps // every)  # the trainer validates at every, 2 x every, ... <= steps
     share = 100 * times * per_pass / max(1, steps * rows_per_step)
     answers = f", {scored} of them answered" if scored else ""
     return every, (f"{times} validation(s) of {n_val} rows{answers} over {steps} steps: about "
@@ -339,12 +339,13 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     metric = decide("early_stopping_score", *answer_score(n_val, f, can_stop))
     cost = score_cost(f)
     scored = 0
-    if metric != "none":
+    if metric != "none" and can_stop:
         scored = int(decide("early_stopping_score_rows",
                             *score_rows(n_val, int(steps), per_step, cost)))
     else:
         decide("early_stopping_score_rows", max(1, min(n_val, SCORE_ROWS)),
-               "no answers are scored (see early stopping score)")
+               "no answers are scored (see early stopping score)" if can_stop else
+               "no early stopping, so no answers are scored")
     every, every_reason = eval_interval(int(steps), n_val, per_step, scored, cost)
     decide("eval_steps", every, every_reason)
     decide("early_stopping_patience", *patience(n_val, f))

@@ -43,8 +43,8 @@ def test_360_rows_one_epoch_batch_8():
 
 def test_validation_is_frequent_enough_to_stop_on_a_plateau_but_costs_little():
     resolved, reasons = run(n_rows=360)  # 43 steps of 8 rows, 18 rows held out
-    assert resolved.eval_steps == 5  # 9 passes over 18 rows, each about 2 training steps' work
-    assert reasons["eval_steps"].startswith("9 validation(s) of 18 rows over 43 steps")
+    assert resolved.eval_steps == 5  # 8 passes (steps 5 to 40) over 18 rows, each ~1 step of work
+    assert reasons["eval_steps"].startswith("8 validation(s) of 18 rows over 43 steps")
     share = int(reasons["eval_steps"].split("about ")[1].split("%")[0])
     assert share <= 16
     # A big validation file on a short run (45 steps) is still looked at 3 times.
@@ -168,3 +168,8 @@ def test_short_answers_are_scored_by_exact_match_within_the_validation_budget():
     assert long.early_stopping_score == "none" and "too slow" in reasons["early_stopping_score"]
     text, reasons = run(n_rows=400, data_format="text", answer_lengths=[80] * 400)
     assert text.early_stopping_score == "none"
+    # A score asked for where nothing is validated: nothing to answer, and the config stays valid.
+    none, reasons = run(config.RunConfig(early_stopping_score="exact_match"), n_rows=1,
+                        lengths=[40], answer_lengths=[5])
+    none.validate()
+    assert reasons["early_stopping_score_rows"] == "no early stopping, so no answers are scored"
