@@ -142,7 +142,7 @@ def test_a_small_dataset_gets_more_passes_while_a_first_run_stays_short():
     assert "validation ends the run when the answers stop improving" in reasons["epochs"]
     # Rows four times longer: a pass is ~15 min, past the first-run budget: one pass.
     long, reasons = run(n_rows=400, lengths=[240] * 400, gflops=77.0)
-    assert long.epochs == 1.0 and "a second would take a first run past 12 min" in reasons["epochs"]
+    assert long.epochs == 1.0 and "a second would take a first run past 15 min" in reasons["epochs"]
     # Without early stopping nothing would end extra passes; big datasets get one pass.
     off, reasons = run(config.RunConfig(early_stopping=False), n_rows=400, lengths=[60] * 400,
                        gflops=77.0)
