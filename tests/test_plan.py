@@ -153,7 +153,8 @@ def test_a_small_dataset_gets_more_passes_while_a_first_run_stays_short():
 
 def test_short_answers_are_scored_by_exact_match_within_the_validation_budget():
     # 2 passes of 48 steps, 20 validation rows: answering 16 of them lets 6 validations fit.
-    short, reasons = run(n_rows=400, lengths=[60] * 400, gflops=77.0, answer_lengths=[10] * 400)
+    short, reasons = run(config.RunConfig(epochs=2), n_rows=400, lengths=[60] * 400,
+                         answer_lengths=[10] * 400)
     assert short.early_stopping_score == "exact_match" and short.early_stopping_score_rows == 16
     assert "16 of 20 validation rows" in reasons["early_stopping_score_rows"]
     share = int(reasons["eval_steps"].split("about ")[1].split("%")[0])
