@@ -11,6 +11,7 @@ the Chat tab does not reload on every message; a retrained run is reloaded.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +268,12 @@ def stream_reply(target: Target, history: Iterable[Any], system: str = "",
     yield from generation.stream(model, tokenizer, messages, settings)
 
 
+# A chat window is redrawn at most this often while an answer streams in: the browser redraws
+# the whole message each time, and per token a long answer kept a busy page from taking a click
+# (Stop) for seconds. Ten updates a second still reads as a steady stream.
+SHOW_EVERY_S = 0.1
+
+
 def chat_turn(target: Target, history: Iterable[Any] | None, message: str, system: str = "",
               settings: GenerationSettings | None = None, cache: ModelCache = CACHE,
               log=print) -> Iterator[list[dict]]:
@@ -277,12 +284,16 @@ def chat_turn(target: Target, history: Iterable[Any] | None, message: str, syste
     history = [m for m in to_messages(history or []) if m["role"] in ("user", "assistant")]
     history.append({"role": "user", "content": message})
     yield history
-    text = ""
+    text, shown, last = "", None, 0.0
     for piece in stream_reply(target, history, system, settings, cache, log):
         text += piece
-        yield history + [{"role": "assistant", "content": text}]
+        if time.monotonic() - last >= SHOW_EVERY_S:
+            yield history + [{"role": "assistant", "content": text}]
+            shown, last = text, time.monotonic()
     if not text.strip():
         yield history + [{"role": "assistant", "content": text + "(empty answer)"}]
+    elif text != shown:
+        yield history + [{"role": "assistant", "content": text}]
 
 
 def side_by_side(base: Target, tuned: Target, left: Iterable[Any] | None,

@@ -40,14 +40,16 @@ class RunConfig:
     # --- what to train on what
     model: str = _f(DEFAULT_MODEL, f"Base model: the bundled '{BUNDLED_NAME}', a local directory, "
                     "or a Hugging Face Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
-    data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT), "
+    data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT, MD, "
+                   "PDF, DOCX), a folder or an archive (.zip, .tar, .tar.gz) of such files, "
                    "a bundled sample ('sample:contacts', 'sample:tickets', 'sample:rewrite') or a "
                    "Hub dataset id.")
     data_format: str = _f("auto", "How rows are read; 'auto' detects it from the columns.",
                           choices=["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"],
                           group="data")
-    column_map: str = _f("", "Which of your columns hold what, for data in no known format: "
-                         "e.g. 'prompt=question, completion=answer'.", group="data")
+    column_map: str = _f("", "Which of your columns hold what, for data in no known format "
+                         "(common names such as question/answer are read without one): "
+                         "e.g. 'prompt=ticket, completion=category'.", group="data")
     val_data: str = _f("", "Validation file. Empty: held out from the training data.", group="data")
     test_data: str = _f("", "Test file for evaluation. Empty: the sample's own test split, or "
                         "held out from the training data.", group="data")
@@ -96,6 +98,27 @@ class RunConfig:
     gradient_checkpointing: str = _f(AUTO, "Recompute activations to save memory at ~30% more time.",
                                      choices=[AUTO, "on", "off"], group="machine")
 
+    # --- several GPUs, then several machines (launched through accelerate: finetune.launch)
+    num_processes: Auto = _f(AUTO, "Training processes in all, one per GPU ('auto': one per "
+                             "visible GPU, 1 on a CPU); above 1 the run is started with "
+                             "`accelerate launch`.", group="distributed", type=int, min=1,
+                             max=4096)
+    strategy: str = _f("ddp", "How processes share the work: ddp (each GPU holds the whole "
+                       "model), fsdp (weights, gradients and optimizer state sharded), zero2 "
+                       "(DeepSpeed: gradients and optimizer state sharded), zero3 (DeepSpeed: "
+                       "everything sharded). Used only with more than one process.",
+                       choices=["ddp", "fsdp", "zero2", "zero3"], group="distributed")
+    num_machines: int = _f(1, "Machines (nodes) taking part; each runs its share of the "
+                           "processes.", group="cluster", type=int, min=1, max=1024)
+    machine_rank: int = _f(0, "This machine's number among them (0: the main one, which "
+                           "writes the run directory).", group="cluster", type=int, min=0,
+                           max=1023)
+    main_process_ip: str = _f("", "Address of machine 0, which the others connect to (needed "
+                              "with more than one machine).", group="cluster")
+    main_process_port: int = _f(29500, "Port on machine 0 for the processes to meet (0: any "
+                                "free port, one machine only).", group="cluster", type=int,
+                                min=0, max=65535)
+
     # --- evaluation and stopping
     eval_steps: Auto = _f(AUTO, "Validate every N steps.", group="evaluation", type=int, min=1,
                           max=10_000_000)
@@ -137,6 +160,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Raise ConfigError naming every bad value; return self when all are fine."""
         problems = [p for f in dataclasses.fields(self) if (p := _check(f, getattr(self, f.name)))]
+        problems = problems or _distributed_problems(self)  # each value fine: how they combine
         if problems:
             raise ConfigError("Invalid settings:\n  - " + "\n  - ".join(problems))
         return self
@@ -182,6 +206,32 @@ def _check(f: dataclasses.Field, value: Any) -> str | None:
     if not meta.get("min", float("-inf")) <= value <= meta.get("max", float("inf")):
         return f"{name}: {value!r} is outside {meta.get('min')}..{meta.get('max')}"
     return None
+
+
+def _distributed_problems(cfg: RunConfig) -> list[str]:
+    """The settings of several processes that cannot work together, each with what to change."""
+    problems = []
+    if cfg.num_machines > 1:
+        if not cfg.main_process_ip.strip():
+            problems.append(f"main_process_ip: {cfg.num_machines} machines need the address of "
+                            "machine 0 (e.g. --main-process-ip 10.0.0.1)")
+        if cfg.main_process_port == 0:
+            problems.append("main_process_port: 0 (any free port) works on one machine only; "
+                            "give the port the other machines reach machine 0 on (e.g. 29500)")
+    if cfg.machine_rank >= cfg.num_machines:
+        problems.append(f"machine_rank: {cfg.machine_rank} is not below num_machines "
+                        f"({cfg.num_machines}); machines are numbered from 0")
+    if cfg.num_processes != AUTO and cfg.num_machines > 1 and \
+            (isinstance(cfg.num_processes, bool) or not isinstance(cfg.num_processes, int)
+             or cfg.num_processes % cfg.num_machines):
+        problems.append(f"num_processes: {cfg.num_processes} processes cannot be shared evenly "
+                        f"by {cfg.num_machines} machines (give the total: processes per machine "
+                        "x machines)")
+    if cfg.method == "qlora" and cfg.strategy != "ddp":
+        problems.append(f"strategy: {cfg.strategy} does not shard a 4-bit (qlora) base model "
+                        "here; use strategy 'ddp' with qlora, or method 'lora' with "
+                        f"{cfg.strategy}")
+    return problems
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -89,6 +89,13 @@ def detect() -> Hardware:
     return Hardware("cpu", cpu_model(), _ram_gb(), threads(), flags, bf16_native=native)
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this process may use (CUDA_VISIBLE_DEVICES respected); 0 without CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _matmul_gflops(dtype, device: str, budget_s: float = 0.05) -> float:
     import torch
 
@@ -202,18 +209,26 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 def estimate_memory_gb(n_params: int, hidden: int, layers: int, vocab: int, method: str,
                        precision: str, batch: int, seq_len: int, checkpointing: bool,
-                       lora_params: int = 0) -> dict[str, float]:
-    """A rough peak-memory estimate (GB) split into parts, for the fit check before a run.
+                       lora_params: int = 0, processes: int = 1,
+                       strategy: str = "ddp") -> dict[str, float]:
+    """A rough peak-memory estimate (GB) of one process, split into parts, for the fit check
+    before a run.
 
     Weights in the compute precision (4-bit for QLoRA), gradients and AdamW state (two fp32
     moments plus an fp32 master copy in mixed precision) for trained parameters, activations
     (~34 values per hidden unit per token per layer without checkpointing, ~2 with it), and the
-    logits over the vocabulary, which dominate for small models with big vocabularies.
+    logits over the vocabulary, which dominate for small models with big vocabularies. With
+    several processes, fsdp and zero3 split the weights among them, and fsdp, zero2 and zero3
+    the gradients and optimizer state; ddp keeps a whole copy in each.
     """
     b = BYTES[precision]
     weights = n_params * (0.55 if method == "qlora" else b)
     trained = n_params if method == "full" else lora_params
     optimizer = trained * (4 + 8 + (4 if b == 2 else 0))
+    if processes > 1 and strategy in ("fsdp", "zero3"):
+        weights /= processes
+    if processes > 1 and strategy in ("fsdp", "zero2", "zero3"):
+        optimizer /= processes
     tokens = batch * seq_len
     per_layer = (2 if checkpointing else 34) * hidden * b
     activations = tokens * layers * per_layer

@@ -63,6 +63,7 @@ class Facts:
     n_val_file: int = 0  # rows in the validation file, when one was given
     estimated_rows: int = 0  # rows whose length is estimated from a sample (big datasets)
     gflops: float = 0.0  # measured matmul speed in the chosen precision (0: not measured)
+    gpus: int = 0  # GPUs visible to this machine (each machine of the run has as many)
 
 
 @dataclass
@@ -210,10 +211,11 @@ def score_rows(n_val: int, steps: int, rows_per_step: int, cost: float) -> tuple
 
 
 def passes(n_train: int, steps_per_epoch: int, tokens_per_row: float, f: Facts,
-           method: str, can_stop: bool) -> tuple[float, str]:
+           method: str, can_stop: bool, parallel: int = 1) -> tuple[float, str]:
     """Passes over the training rows: enough for ~TARGET_STEPS steps; a small dataset more (up
     to MAX_PASSES) when early stopping can end the run once the answers stop improving, as long
-    as the estimated training time stays within FIRST_RUN_S."""
+    as the estimated training time stays within FIRST_RUN_S (`parallel` devices share the
+    work: GPUs of the run, or machines of a CPU run)."""
     if steps_per_epoch < TARGET_STEPS:
         n = float(min(MAX_AUTO_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
         why = (f"{n_train} rows are only {steps_per_epoch} steps per pass: repeated to reach "
@@ -227,7 +229,8 @@ def passes(n_train: int, steps_per_epoch: int, tokens_per_row: float, f: Facts,
     flops_per_token = (6 if method == "full" else 4) * f.n_params
     if not f.gflops:
         return n, why + ": this machine's speed is not measured, so no extra passes"
-    pass_s = n_train * tokens_per_row * flops_per_token / (f.gflops * 1e9 * MATMUL_EFFICIENCY)
+    pass_s = n_train * tokens_per_row * flops_per_token / (
+        f.gflops * 1e9 * MATMUL_EFFICIENCY * max(1, parallel))
     fit = int(FIRST_RUN_S // max(pass_s, 1e-9))
     more = max(n, float(min(MAX_PASSES, fit)))
     if more <= n:
@@ -254,6 +257,27 @@ def patience(n_val: int, f: Facts) -> tuple[int, str]:
                "validation is enough" if per_row else "one flat validation is enough")
 
 
+STRATEGY_WORDS = {"ddp": "each GPU holds the whole model and the processes average their "
+                          "gradients",
+                  "fsdp": "the weights, gradients and optimizer state are sharded among the "
+                          "processes (PyTorch FSDP)",
+                  "zero2": "the gradients and optimizer state are sharded among the processes "
+                           "(DeepSpeed ZeRO-2)",
+                  "zero3": "the weights, gradients and optimizer state are sharded among the "
+                           "processes (DeepSpeed ZeRO-3)"}
+
+
+def processes(f: Facts, machines: int) -> tuple[int, str]:
+    """'auto' processes: one per visible GPU on each machine, one on a machine without."""
+    if f.gpus <= 0:
+        return machines, ("no GPU: one process on the CPU" if machines == 1 else
+                          f"no GPU here: one process on each of the {machines} machines")
+    if machines > 1:
+        return f.gpus * machines, (f"one per GPU: {f.gpus} visible here, on each of the "
+                                   f"{machines} machines")
+    return f.gpus, ("one GPU visible" if f.gpus == 1 else f"one per visible GPU ({f.gpus})")
+
+
 def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[RunConfig, dict]:
     """Return (config with concrete values, {setting: reason}) for every auto setting."""
     from finetune import hardware
@@ -278,31 +302,45 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
         decide("lora_alpha", 2 * rank, f"twice the rank ({rank})")
     decide("learning_rate", *learning_rate(cfg.method, f.n_params))
 
-    # Batch: the effective batch the data calls for, as micro-batch x accumulation that fits.
+    # Processes: each takes its share of every step's rows (the global batch stays the same).
+    procs = int(decide("num_processes", *processes(f, cfg.num_machines)))
+    if procs > 1:
+        reasons["strategy"] = f"{cfg.strategy}: {STRATEGY_WORDS[cfg.strategy]}"
+
+    # Batch: the effective batch the data calls for, as processes x micro-batch x accumulation
+    # that fits.
     eff, eff_reason = effective_batch(n_train)
-    if cfg.batch_size != AUTO and cfg.grad_accum == AUTO and int(cfg.batch_size) > eff:
-        eff, eff_reason = int(cfg.batch_size), "your batch size, without accumulation"
+    if procs > eff:
+        eff, eff_reason = procs, f"at least one row for each of the {procs} processes"
+    if cfg.batch_size != AUTO and cfg.grad_accum == AUTO and int(cfg.batch_size) * procs > eff:
+        eff, eff_reason = int(cfg.batch_size) * procs, "your batch size, without accumulation"
     avail = f.memory_gb * (0.85 if f.device == "cuda" else 0.6)
+    # Processes on a machine without GPUs share its memory; on GPUs each has its own.
+    sharing = 1 if f.device == "cuda" else max(1, procs // cfg.num_machines)
     lora_params = (lora_params_per_rank * int(rank)) if cfg.method != "full" else 0
 
     def need(batch, ckpt):
-        return hardware.estimate_memory_gb(f.n_params, f.hidden, f.layers, f.vocab, cfg.method,
-                                           values["precision"], batch, int(length), ckpt,
-                                           lora_params)["total"]
+        return sharing * hardware.estimate_memory_gb(
+            f.n_params, f.hidden, f.layers, f.vocab, cfg.method, values["precision"], batch,
+            int(length), ckpt, lora_params, procs, cfg.strategy)["total"]
 
-    micro = eff if cfg.batch_size == AUTO else int(cfg.batch_size)
+    micro = math.ceil(eff / procs) if cfg.batch_size == AUTO else int(cfg.batch_size)
     while cfg.batch_size == AUTO and micro > 1 and need(micro, False) > avail:
         micro //= 2
     ckpt_auto = cfg.gradient_checkpointing == AUTO
     use_ckpt = cfg.gradient_checkpointing == "on" or (ckpt_auto and need(micro, False) > avail)
     if cfg.batch_size == AUTO and use_ckpt:  # with checkpointing a bigger micro-batch may fit
-        while micro < eff and need(micro * 2, True) <= avail:
+        while micro < math.ceil(eff / procs) and need(micro * 2, True) <= avail:
             micro *= 2
     gb = need(micro, use_ckpt)
-    mem = f"needs ~{gb:.1f} of {f.memory_gb:.0f} GB"
+    where = f" on each GPU, in each of {procs} processes" if procs > 1 and sharing == 1 else \
+        f" for {procs} processes" if procs > 1 else ""
+    mem = f"needs ~{gb:.1f} of {f.memory_gb:.0f} GB{where}"
     decide("batch_size", micro, f"{mem} at max length {length}")
-    accum = max(1, math.ceil(eff / int(values["batch_size"])))
-    decide("grad_accum", accum, f"{values['batch_size']} x {accum} = {eff} rows per step: "
+    accum = max(1, math.ceil(eff / (int(values["batch_size"]) * procs)))
+    times = f"{procs} processes x " if procs > 1 else ""
+    decide("grad_accum", accum, f"{times}{values['batch_size']} x {accum} = "
+                                f"{procs * int(values['batch_size']) * accum} rows per step: "
                                 + eff_reason)
     if ckpt_auto:
         values["gradient_checkpointing"] = "on" if use_ckpt else "off"
@@ -321,18 +359,22 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
                                 ("gradient checkpointing 'on'",
                                  values["gradient_checkpointing"] != "on"),
                                 ("a shorter max length", True)) if ok]
-        reasons["memory"] = (f"WILL NOT FIT: needs ~{final_gb:.1f} GB, {avail:.1f} GB usable on "
-                             f"this {f.device}. Try " + ", or ".join(tips) + ".")
+        if procs > 1 and cfg.strategy != "zero3" and cfg.method != "qlora":
+            tips.insert(0, "strategy 'zero3' (weights sharded among the processes)")
+        reasons["memory"] = (f"WILL NOT FIT: needs ~{final_gb:.1f} GB{where}, {avail:.1f} GB "
+                             f"usable on this {f.device}. Try " + ", or ".join(tips) + ".")
     else:
-        reasons["memory"] = f"fits: needs ~{final_gb:.1f} GB of {avail:.1f} GB usable on this {f.device}"
+        reasons["memory"] = (f"fits: needs ~{final_gb:.1f} GB of {avail:.1f} GB usable on this "
+                             f"{f.device}" + (f"{where} ({cfg.strategy})" if procs > 1 else ""))
 
-    per_step = int(values["batch_size"]) * int(values["grad_accum"])
+    per_step = int(values["batch_size"]) * int(values["grad_accum"]) * procs
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
     n_val = f.n_val_file if f.has_val_file else round(float(vf) * f.n_rows)
     can_stop = cfg.early_stopping and n_val > 0
     row_tokens = min(int(length), sum(f.lengths) / len(f.lengths)) if f.lengths else int(length)
+    parallel = procs if f.device == "cuda" else int(cfg.num_machines)
     epochs = decide("epochs", *passes(n_train, steps_per_epoch, row_tokens, f, cfg.method,
-                                      can_stop))
+                                      can_stop, parallel))
     total = max(1, math.ceil(float(epochs) * steps_per_epoch))
     steps = decide("max_steps", total, f"{float(epochs):g} epoch(s) x {steps_per_epoch} steps")
 
@@ -386,7 +428,7 @@ def measure(cfg: RunConfig):
                   n_val_file=len(splits.val), answer_lengths=counter.answer_lengths(sample),
                   data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
                   precision=precision, precision_reason=why, device=hw.device,
-                  memory_gb=hw.memory_gb, gflops=speed,
+                  memory_gb=hw.memory_gb, gflops=speed, gpus=hardware.gpu_count(),
                   **{k: v for k, v in shape.items() if k != "lora_per_rank"})
     return facts, source, shape["lora_per_rank"]
 

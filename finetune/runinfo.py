@@ -6,6 +6,8 @@ runs/<name>/
   status.json     state, pid, step, total steps, error, why it ended, best step
   metrics.jsonl   one JSON object per log/eval event
   train.log       the training process's output
+  accelerate.yaml how its processes are launched, when it has several (finetune.launch)
+  run.slurm       the Slurm batch script, when `train --slurm` wrote one
   checkpoints/    trainer checkpoints (resume starts from the latest)
   adapter/        the LoRA adapter (lora, qlora)   |   model/  the full model (full)
   eval.json       base vs tuned (vs exported) evaluation

@@ -143,8 +143,9 @@ def max_new_tokens(tokenizer, references: list[str]) -> int:
 
 def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path, log=print):
     """A TrainerCallback: after each validation, answer `rows` (prompt messages, reference)
-    greedily when the stopper has a metric, write the score to metrics.jsonl, hand the trainer
-    the rank it keeps the best checkpoint by, and stop the run when the stopper says so."""
+    greedily when the stopper has a metric and the run is one process, write the score to
+    metrics.jsonl, hand the trainer the rank it keeps the best checkpoint by, and stop the run
+    when the stopper says so."""
     from transformers import TrainerCallback
 
     from finetune import generation, runinfo
@@ -157,7 +158,9 @@ def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path
             if loss is None:
                 return
             score, n = None, 0
-            if stopper.metric and rows and model is not None:
+            # With several processes the loss alone decides (every process computes the same
+            # gathered loss, so they stop together; answering would need each process's shard).
+            if stopper.metric and rows and model is not None and args.world_size == 1:
                 t0, training = time.time(), model.training
                 model.eval()
                 refs = [r for _, r in rows]

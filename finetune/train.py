@@ -2,8 +2,10 @@
 
     python -m finetune.train runs/NAME [--resume]     # the worker entry that finetune.jobs spawns
 
-Its output is the run's train.log. The user-facing commands (`python -m finetune train`,
-`resume --foreground`) call `run()` in the terminal instead. It reads only the run directory
+With several processes (`accelerate launch` of this entry, see finetune.launch) every process
+runs it and only the main one (rank 0) writes the run directory: status, metrics, log lines,
+the tokenizer. Its output is the run's train.log. The user-facing commands
+(`python -m finetune train`, `resume --foreground`) call `run()` in the terminal instead. It reads only the run directory
 (config.yaml is fully resolved), so the same config repeats a run. SIGTERM (or Ctrl-C) stops it: the current step ends, a checkpoint and the adapter are saved,
 and status.json says "stopped"; if the step would take too long it is abandoned instead.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import _thread
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 import traceback
@@ -45,6 +49,36 @@ class _Stop:
             _thread.interrupt_main()  # raises KeyboardInterrupt in the training loop
 
 
+def _rank() -> int:
+    """This process's number among the run's processes (set by the launcher); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _status(run_dir: Path, **fields) -> dict:
+    """update_status from the main process; the others leave the run directory to it."""
+    return runinfo.update_status(run_dir, **fields) if _rank() == 0 else fields
+
+
+def _stop_agreed(stop: _Stop, args) -> bool:
+    """Whether to stop after this step. Several processes stop at the same step once any of
+    them was asked (one that stopped alone would leave the others waiting for it)."""
+    asked = stop.requested_at is not None
+    if _processes() == 1:
+        return asked
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if asked else 0.0], device=args.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and not asked:
+        stop.request()
+    return bool(flag.item())
+
+
 def to_trl_rows(rows: list[dict]) -> list[dict]:
     """Normalized rows -> TRL conversational prompt/completion (loss on the answer only)."""
     from finetune.data import prompt_and_answer
@@ -59,9 +93,15 @@ def to_trl_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _log(run_dir: Path, tee: bool, message: str) -> None:
+def _log(run_dir: Path, tee: bool, message: str, every: bool = False) -> None:
     """One line of the run's log: printed, and with `tee` also appended to train.log (in the
-    worker, stdout is train.log already, so tee is off and each line is written once)."""
+    worker, stdout is train.log already, so tee is off and each line is written once). Only the
+    main process speaks for the run; another one's lines are its errors (`every`)."""
+    if _rank() and not every:
+        return
+    if _rank():
+        message = f"[process {_rank()}] {message}"
+        tee = False
     print(message, flush=True)
     if tee:
         with open(run_dir / "train.log", "a", encoding="utf-8") as f:
@@ -81,8 +121,8 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
 
         def on_train_begin(self, args, state, control, **kw):
             self.first_step = state.global_step
-            runinfo.update_status(run_dir, state="running", step=state.global_step,
-                                  total_steps=state.max_steps or total_steps)
+            _status(run_dir, state="running", step=state.global_step,
+                    total_steps=state.max_steps or total_steps)
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -98,16 +138,16 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
                            grad_norm=logs.get("grad_norm"), tokens=tokens)
             if "eval_loss" in logs:
                 rec["eval_loss"] = logs["eval_loss"]
-            if "loss" in rec or "eval_loss" in rec:
+            if ("loss" in rec or "eval_loss" in rec) and state.is_world_process_zero:
                 runinfo.append_metrics(run_dir, rec)
 
         def on_step_end(self, args, state, control, **kw):
             done = state.global_step - (self.first_step or 0)
             per_step = (time.time() - self.t0) / max(1, done)
             eta = per_step * max(0, state.max_steps - state.global_step)
-            runinfo.update_status(run_dir, step=state.global_step, total_steps=state.max_steps,
-                                  eta_s=round(eta, 1), s_per_step=round(per_step, 2))
-            if stop.requested_at is not None:
+            _status(run_dir, step=state.global_step, total_steps=state.max_steps,
+                    eta_s=round(eta, 1), s_per_step=round(per_step, 2))
+            if _stop_agreed(stop, args):
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -119,25 +159,26 @@ def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
     run_dir = Path(run_dir)
     stop = _Stop()
     old = {s: signal.signal(s, stop.request) for s in (signal.SIGTERM, signal.SIGINT)}
-    runinfo.update_status(run_dir, state="starting", pid=os.getpid(), started=time.time(),
-                          error=None, end_reason=None)
+    # With several processes the pid is the launcher's (their parent), which stop signals.
+    _status(run_dir, state="starting", pid=os.getpid() if _processes() == 1 else os.getppid(),
+            host=socket.gethostname(), started=time.time(), error=None, end_reason=None)
     try:
         return _train(run_dir, resume, tee, stop)
     except KeyboardInterrupt:
-        return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
-                                     end_reason="stopped before training began")
+        return _status(run_dir, state="stopped", pid=None, finished=time.time(),
+                       end_reason="stopped before training began")
     except FinetuneError as e:
         from finetune.access import scrub
 
-        _log(run_dir, tee, f"error: {scrub(str(e))}")
-        return runinfo.update_status(run_dir, state="failed", pid=None, error=scrub(str(e)),
-                                     finished=time.time())
+        _log(run_dir, tee, f"error: {scrub(str(e))}", every=True)
+        return _status(run_dir, state="failed", pid=None, error=scrub(str(e)),
+                       finished=time.time())
     except Exception as e:  # noqa: BLE001 - every failure ends up in status.json in words
         from finetune.access import scrub
 
-        _log(run_dir, tee, scrub(traceback.format_exc()))
-        return runinfo.update_status(run_dir, state="failed", pid=None, error=explain(e),
-                                     finished=time.time())
+        _log(run_dir, tee, scrub(traceback.format_exc()), every=True)
+        return _status(run_dir, state="failed", pid=None, error=explain(e),
+                       finished=time.time())
     finally:
         stop.finished = True
         for s, handler in old.items():
@@ -174,8 +215,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
             raise ConfigError("report_to is 'trackio' but trackio is not installed: "
                               "pip install trackio, or set report_to to 'none'.")
     hw = hardware.detect()
-    if hw.device == "cpu":
-        torch.set_num_threads(hw.threads)
+    if hw.device == "cpu":  # processes on one machine share its cores
+        torch.set_num_threads(max(1, hw.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     _log(run_dir, tee, f"hardware: {hw.describe()}")
     splits = data.prepare(cfg, float(cfg.val_fraction))
     _log(run_dir, tee, f"data: {len(splits.train)} train, {len(splits.val)} validation, "
@@ -183,8 +224,13 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     source = models.resolve(cfg.model)
     _log(run_dir, tee, f"model: {source.describe()}")
     tokenizer = models.load_tokenizer(source)
+    device = "cpu" if hw.device == "cpu" else hw.device
+    if _processes() > 1 and hw.device == "cuda":
+        # Each process its own GPU; fsdp and zero3 move their shards there from the CPU.
+        device = "cpu" if cfg.strategy in ("fsdp", "zero3") else \
+            f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     model = models.load_model(source, dtype=cfg.precision, quantize_4bit=cfg.method == "qlora",
-                              device="cpu" if hw.device == "cpu" else hw.device)
+                              device=device)
     peft_config = None
     if cfg.method in ("lora", "qlora"):
         peft_config = models.lora_config(int(cfg.lora_r), int(cfg.lora_alpha), cfg.lora_dropout,
@@ -218,6 +264,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         use_cpu=hw.device == "cpu",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # several processes: every trained weight is used
         completion_only_loss=True,
     )
     callbacks = _make_callbacks(run_dir, stop, int(cfg.max_steps))
@@ -243,19 +290,23 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         abandoned = True  # the stop watchdog gave up waiting for the step to end
     state = trainer.state
     out = run_dir / ("model" if cfg.method == "full" else "adapter")
-    trainer.save_model(str(out))  # with load_best_model_at_end these are the best weights
-    tokenizer.save_pretrained(str(out))
+    # Every process takes part in saving (sharded weights are gathered), except after a step
+    # abandoned mid-way, when the others may be waiting inside that step.
+    if not (abandoned and _processes() > 1 and cfg.strategy != "ddp"):
+        trainer.save_model(str(out))  # with load_best_model_at_end these are the best weights
+    if _rank() == 0:
+        tokenizer.save_pretrained(str(out))
     if stop.requested_at is not None:
         how = "mid-step" if abandoned or stop.abandoned else "after the step ended"
         reason = (f"stopped by request at step {state.global_step} of {state.max_steps} ({how}); "
                   "resume continues from the latest checkpoint")
-        return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
-                                     step=state.global_step, end_reason=reason)
+        return _status(run_dir, state="stopped", pid=None, finished=time.time(),
+                       step=state.global_step, end_reason=reason)
     reason, best = stopping.end_reason(state, int(cfg.max_steps), stopper)
     _log(run_dir, tee, reason)
-    return runinfo.update_status(run_dir, state="completed", pid=None, finished=time.time(),
-                                 step=state.global_step, end_reason=reason, best_step=best,
-                                 result=str(out))
+    return _status(run_dir, state="completed", pid=None, finished=time.time(),
+                   step=state.global_step, end_reason=reason, best_step=best,
+                   result=str(out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,10 +320,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     args = p.parse_args(argv)
     status = run(Path(args.run_dir), resume=args.resume, tee=False)
-    return 0 if status.get("state") in ("completed", "stopped") else 1
+    code = 0 if status.get("state") in ("completed", "stopped") else 1
+    if _processes() > 1:
+        # Everything is saved and written; the interpreter's own exit then sat ~6 s in garbage
+        # collection (2 gloo CPU processes, torch 2.13), past a stop's 10 s budget.
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

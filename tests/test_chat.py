@@ -150,3 +150,16 @@ def test_a_model_as_it_is_gets_a_repetition_penalty_and_a_tuned_one_none():
     for mode in (chat.TUNED, chat.BOTH):  # the tuned model answers as evaluation scored it
         assert chat.repetition_penalty_for("runs/x", mode) == \
             GenerationSettings().repetition_penalty == 1.0
+
+
+def test_a_fast_stream_redraws_the_window_a_few_times_and_ends_with_the_whole_answer(monkeypatch):
+    """A page redraws the whole message per update: a stream of many tiny pieces must not become
+    as many redraws (a busy page then ignores Stop), and the last update is the full answer."""
+    from finetune import chat
+
+    pieces = [f"w{i} " for i in range(400)]
+    monkeypatch.setattr(chat, "stream_reply", lambda *a, **k: iter(pieces))
+    shown = list(chat.chat_turn(None, [], "hi"))
+    assert shown[0] == [{"role": "user", "content": "hi"}]  # the message shows at once
+    assert shown[-1][-1] == {"role": "assistant", "content": "".join(pieces)}
+    assert len(shown) < 20, len(shown)

@@ -8,6 +8,7 @@ import time
 
 import psutil
 
+from conftest import wait_for_run as _wait
 from finetune import config, jobs, runinfo, train
 
 
@@ -19,14 +20,6 @@ def _cfg(tiny_model, tiny_data, **kw):
     return config.RunConfig(**settings)
 
 
-def _wait(run_dir, predicate, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = jobs.status(run_dir)
-        if predicate(st):
-            return st
-        time.sleep(0.3)
-    raise AssertionError(f"timed out; status: {jobs.status(run_dir)}\n{runinfo.log_tail(run_dir)}")
 
 
 def test_run_started_from_the_train_tab_writes_metrics_the_live_view_plots(tiny_model, tiny_data):

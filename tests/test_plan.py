@@ -174,3 +174,34 @@ def test_short_answers_are_scored_by_exact_match_within_the_validation_budget():
                         lengths=[40], answer_lengths=[5])
     none.validate()
     assert reasons["early_stopping_score_rows"] == "no early stopping, so no answers are scored"
+
+
+def test_processes_share_each_step_and_the_global_batch_stays_what_the_reasons_say():
+    one, _ = run(n_rows=360)
+    auto, reasons = run(n_rows=360, device="cuda", memory_gb=80.0, gpus=4)
+    assert auto.num_processes == 4 and reasons["num_processes"] == "one per visible GPU (4)"
+    # 4 processes x 2 rows x 1 = the same 8 rows per step, so the same number of steps.
+    assert auto.num_processes * auto.batch_size * auto.grad_accum == 8
+    assert auto.max_steps == one.max_steps == 43
+    assert reasons["grad_accum"].startswith("4 processes x 2 x 1 = 8 rows per step")
+    assert "ddp: each GPU holds the whole model" in reasons["strategy"]
+    assert "on each GPU, in each of 4 processes" in reasons["memory"]
+    # No GPU: one process, and no strategy in the reasons (nothing to share).
+    _, cpu_reasons = run(n_rows=360)
+    assert one.num_processes == 1 and "strategy" not in cpu_reasons
+    assert cpu_reasons["num_processes"] == "no GPU: one process on the CPU"
+
+
+def test_sharding_strategies_need_less_memory_per_gpu():
+    big = dict(n_params=7_000_000_000, hidden=4096, layers=32, vocab=32000, context=4096)
+    cfg = config.RunConfig(method="full", num_processes=8)
+    _, ddp = run(cfg, n_rows=360, device="cuda", memory_gb=80.0, gpus=8, **big)
+    _, zero3 = run(cfg.replace(strategy="zero3"), n_rows=360, device="cuda", memory_gb=80.0,
+                   gpus=8, **big)
+    assert ddp["memory"].startswith("WILL NOT FIT") and "strategy 'zero3'" in ddp["memory"]
+    assert zero3["memory"].startswith("fits") and "(zero3)" in zero3["memory"]
+    # Two machines of 8 GPUs: 'auto' counts the GPUs of both.
+    two, reasons = run(config.RunConfig(num_machines=2, main_process_ip="10.0.0.1"),
+                       n_rows=5000, device="cuda", memory_gb=80.0, gpus=8)
+    assert two.num_processes == 16 and "on each of the 2 machines" in reasons["num_processes"]
+    assert two.num_processes * two.batch_size * two.grad_accum == 16

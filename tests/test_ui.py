@@ -181,3 +181,35 @@ def test_the_live_view_says_the_latest_and_the_best_validation_answers():
     assert score_words(curves) == ("validation answers: ROUGE-L 0.41 at step 10 (best ROUGE-L "
                                    "0.41 at step 10)")
     assert score_words({"score": [], "score_metric": None}) == ""
+
+
+def test_several_gpu_settings_are_offered_only_with_more_than_one_gpu(monkeypatch):
+    from finetune import config, hardware
+    from finetune.ui import train_tab
+
+    with gr.Blocks() as demo:
+        train_tab.build_train_tab(demo, gr.State(), gr.State())
+    hidden = [b for b in demo.blocks.values() if isinstance(b, gr.Column) and not b.visible]
+    labels = {b.label for col in hidden for b in demo.blocks.values()
+              if getattr(b, "label", None) and _inside(demo, b, col)}
+    assert {"num processes", "strategy"} <= labels  # built from the config, hidden at first
+    assert not {"num machines", "main process ip"} & {getattr(b, "label", None)
+                                                      for b in demo.blocks.values()}
+    on_load = {inspect.unwrap(fn.fn) for fn in demo.fns.values()
+               if any(t[1] == "load" for t in fn.targets)}
+    assert train_tab.offer_several_gpus in on_load
+    for gpus, shown in ((0, False), (1, False), (2, True)):
+        monkeypatch.setattr(hardware, "gpu_count", lambda n=gpus: n)
+        assert train_tab.offer_several_gpus()["visible"] is shown
+    assert config.FIELDS["strategy"].metadata["help"] in {
+        b.info for b in demo.blocks.values() if getattr(b, "label", None) == "strategy"}
+
+
+def _inside(demo, block, parent) -> bool:
+    """Whether block sits (at any depth) inside parent in the page's layout."""
+    node = block
+    while node is not None:
+        if node is parent:
+            return True
+        node = getattr(node, "parent", None)
+    return False

@@ -3,7 +3,7 @@
     python -m finetune bench                 # hardware, data, chat, train
     python -m finetune bench train --json    # LoRA training tokens/s on the bundled model
     python -m finetune bench chat            # time to first token, decode tokens/s
-    python -m finetune bench data            # `data inspect` on 100,000 rows
+    python -m finetune bench data            # `data inspect` on 100,000 rows; 10,000 files
     python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (hours)
     python -m finetune bench defaults --tasks dates,receipts --setups auto,hand-tuned
 
@@ -41,9 +41,9 @@ def bench_chat() -> dict:
 
 
 def bench_data() -> dict:
-    from finetune.bench.data import bench_inspect
+    from finetune.bench.data import bench_data as run
 
-    return bench_inspect()
+    return run()
 
 
 def bench_defaults(tasks: list[str] | None = None, setups: list[str] | None = None) -> dict:

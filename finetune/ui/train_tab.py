@@ -16,7 +16,10 @@ from finetune.ui.common import run_choices, user_errors
 
 BASIC = ["model", "data", "method", "name"]
 GROUP_TITLES = {"data": "Data", "lora": "LoRA", "schedule": "Schedule", "machine": "Machine",
-                "evaluation": "Validation and stopping"}
+                "evaluation": "Validation and stopping", "distributed": "Several GPUs"}
+# Several machines start from a terminal (a command per machine, or a Slurm script), so their
+# settings are left to the CLI and YAML; several GPUs are offered only where there are.
+TERMINAL_ONLY, SEVERAL_GPUS = {"cluster"}, "distributed"
 POLL_S = 2.0
 LOSS_SERIES, LR_SERIES = ("train", "validation"), ("learning rate",)
 SCORE_SERIES = ("validation answers",)
@@ -145,6 +148,13 @@ def _frame(points: list[tuple], series: tuple[str, ...]):
     return frame.astype({"step": "float64", "value": "float64", "series": "object"})
 
 
+def offer_several_gpus():
+    """The processes and strategy settings, shown only where there is more than one GPU."""
+    from finetune import hardware
+
+    return gr.update(visible=hardware.gpu_count() > 1)
+
+
 def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State) -> None:
     from finetune import presets
 
@@ -161,13 +171,16 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
     with gr.Accordion("Advanced settings", open=False):
         for group, fields in config.groups().items():
             fields = [n for n in fields if n not in BASIC]
-            if not fields:
+            if not fields or group in TERMINAL_ONLY:
                 continue
-            gr.Markdown(f"**{GROUP_TITLES.get(group, group.title())}**")
-            with gr.Row():
-                for name in fields:
-                    names.append(name)
-                    widgets.append(_widget(name))
+            with gr.Column(visible=group != SEVERAL_GPUS) as box:
+                gr.Markdown(f"**{GROUP_TITLES.get(group, group.title())}**")
+                with gr.Row():
+                    for name in fields:
+                        names.append(name)
+                        widgets.append(_widget(name))
+            if group == SEVERAL_GPUS:
+                several_gpus = box
     by_name = dict(zip(names, widgets))
 
     with gr.Row():
@@ -272,6 +285,7 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
 
     stop_btn.click(run_action("stop"), [run_pick, shown], live, api_name="stop_run")
     resume_btn.click(run_action("resume"), [run_pick, shown], live, api_name="resume_run")
+    demo.load(offer_several_gpus, None, several_gpus)
     # Reattach on page load: pick the run that is training now (or the newest) and poll it
     # while it is active; the Refresh button does the same.
     for trigger in (demo.load, refresh_btn.click):
