@@ -30,10 +30,11 @@ STEADY_ANSWER_TOKENS = 100  # answer tokens a validation pass needs for a steady
 SCORE_ROWS, MIN_SCORE_ROWS = 32, 8
 SHORT_ANSWER, LONG_ANSWER = 48, 128
 SCORED_VALIDATIONS = 6  # answer no more rows than lets this many validations fit the budget
-# A generated answer token costs about 1.5 training tokens (forward and backward) on a CPU: greedy
-# answers are decoded a token at a time (docs/BENCHMARKS.md: 100 contacts answers took ~140 s
-# where a training row took ~0.8 s, on the AMD EPYC family 25 model 1).
-GEN_TOKEN_COST = 1.5
+# A generated answer token costs about 2.5 training tokens (forward and backward) on a CPU: greedy
+# answers are decoded a token at a time. Measured on the bundled model, LoRA, fp32, AMD EPYC family
+# 25 model 17 (docs/BENCHMARKS.md): answering 8 validation rows took 1.05x a training step of 8
+# rows on dates (24 new tokens at most) and 2.2-2.5x on contacts (56).
+GEN_TOKEN_COST = 2.5
 # Passes: a small dataset is repeated (up to MAX_PASSES) while the estimated training time stays
 # within FIRST_RUN_S, so a first run on a CPU stays short; validation ends the run earlier
 # when the answers stop improving.
