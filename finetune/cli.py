@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
     b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~2 h on 2 CPU cores)")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--tasks", default="", help="defaults only: comma-separated tasks (default: "
+                   "sample:contacts,sample:tickets,sample:rewrite,dates,receipts)")
+    b.add_argument("--setups", default="", help="defaults only: comma-separated setups "
+                   "(default: auto,hand-tuned,llama-factory)")
     return p
 
 
@@ -370,15 +374,17 @@ def cmd_bench(args) -> int:
     from finetune import bench
 
     names = bench.check_names(args.what)
+    chosen = {k: [x.strip() for x in v.split(",") if x.strip()] or None
+              for k, v in (("tasks", args.tasks), ("setups", args.setups))}
     if args.json:
         import contextlib
 
         with contextlib.redirect_stdout(sys.stderr):  # training logs as it goes: not the JSON
-            results = bench.run_all(names)
+            results = bench.run_all(names, chosen)
         print(json.dumps(results, indent=2, default=str))
         return 0
     for name in names:
-        print(f"{name}: {json.dumps(bench.run_one(name), default=str)}", flush=True)
+        print(f"{name}: {json.dumps(bench.run_one(name, chosen), default=str)}", flush=True)
     return 0
 
 

@@ -22,9 +22,10 @@ from finetune.bundled import BUNDLED_NAME
 AUTO = "auto"
 DEFAULT_MODEL = BUNDLED_NAME
 DEFAULT_DATA = "sample:contacts"
-# Early stopping: stop once validation loss falls by less than MIN_DELTA per tenth of the run
-# (chosen on the bundled tasks: docs/BENCHMARKS.md).
-MIN_DELTA = 0.005
+# Early stopping (finetune.stopping): the validation loss must fall by MIN_GAIN of itself per tenth
+# of the run, or the answers on validation rows get better (chosen on the bundled tasks and two of
+# our own: docs/BENCHMARKS.md).
+MIN_GAIN = 0.05
 SOLVED_LOSS = 0.01  # ... or once it is this low: the task is learned
 
 Auto = Union[str, int, float]  # "auto" or a concrete value
@@ -133,16 +134,29 @@ class RunConfig:
                           max=10_000_000)
     save_steps: Auto = _f(AUTO, "Save a checkpoint every N steps (resume starts from the latest).",
                           group="evaluation", type=int, min=1, max=10_000_000)
-    early_stopping: bool = _f(True, "Stop when validation loss stops improving and keep the best "
-                              "checkpoint.", group="evaluation")
-    early_stopping_patience: Auto = _f(AUTO, "Validations in a row without enough improvement "
-                                       "before stopping ('auto': 1, or 3 when the validation "
-                                       "set holds few answer tokens and its loss is noisy).",
+    early_stopping: bool = _f(True, "Stop when neither the validation loss nor the answers on "
+                              "validation rows improve any more, and keep the best checkpoint.",
+                              group="evaluation")
+    early_stopping_score: str = _f(
+        AUTO, "How answers to validation rows are scored at each validation (greedy answers): "
+        "exact_match, rouge_l (similarity, for long answers), or none (the validation loss "
+        "alone); 'auto': exact match for short answers, ROUGE-L for longer ones, none for answers "
+        "too long to generate cheaply.", choices=[AUTO, "exact_match", "rouge_l", "none"],
+        group="evaluation")
+    early_stopping_score_rows: Auto = _f(AUTO, "Validation rows answered at each validation "
+                                         "('auto': the validation rows, at most 32, fewer when "
+                                         "answering would take more than the validation budget).",
+                                         group="evaluation", type=int, min=1, max=10_000)
+    early_stopping_patience: Auto = _f(AUTO, "Validations in a row with neither a better score "
+                                       "nor a lower loss before stopping ('auto': 1, or 3 when "
+                                       "the validation set holds few answer tokens and jumps "
+                                       "about by chance).",
                                        group="evaluation", type=int, min=1, max=1000)
     early_stopping_min_delta: float = _f(
-        MIN_DELTA, "Validation loss (per token) must fall by at least this much for every tenth of "
-        "the run between two validations to count as an improvement; 0: any fall counts.",
-        group="evaluation", type=float, min=0.0, max=10.0)
+        MIN_GAIN, "Share of itself the validation loss must fall by for every tenth of the run "
+        "to count as an improvement (relative: 0.05 means 5%, so 0.078 -> 0.074 counts as much "
+        "as 0.78 -> 0.74); 0: any fall counts.",
+        group="evaluation", type=float, min=0.0, max=1.0)
     early_stopping_loss: float = _f(
         SOLVED_LOSS, "Stop as soon as validation loss is this low: at 0.01 the model already gives "
         "each answer token ~99% probability; 0: never stop for this.", group="evaluation",

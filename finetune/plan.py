@@ -25,6 +25,22 @@ VALIDATION_COST = 1 / 3  # a validation row costs about a third of a training ro
 VALIDATION_BUDGET = 0.15  # share of the training time validation may take
 MIN_VALIDATIONS, MAX_VALIDATIONS = 3, 10  # per run, so the best checkpoint can be kept
 STEADY_ANSWER_TOKENS = 100  # answer tokens a validation pass needs for a steady loss
+# The answers scored at each validation (finetune.stopping): exact match while answers are short,
+# ROUGE-L up to LONG_ANSWER tokens (90th percentile), none beyond (too slow to generate).
+SCORE_ROWS, MIN_SCORE_ROWS = 32, 8
+SHORT_ANSWER, LONG_ANSWER = 48, 128
+SCORED_VALIDATIONS = 6  # answer no more rows than lets this many validations fit the budget
+# A generated answer token costs about 2.5 training tokens (forward and backward) on a CPU: greedy
+# answers are decoded a token at a time. Measured on the bundled model, LoRA, fp32, AMD EPYC family
+# 25 model 17 (docs/BENCHMARKS.md): answering 8 validation rows took 1.05x a training step of 8
+# rows on dates (24 new tokens at most) and 2.2-2.5x on contacts (56).
+GEN_TOKEN_COST = 2.5
+# Passes: a small dataset is repeated (up to MAX_PASSES) while the estimated training time stays
+# within FIRST_RUN_S, so a first run on a CPU stays short; validation ends the run earlier
+# when the answers stop improving.
+MAX_PASSES, SMALL_DATA = 3, 2000
+FIRST_RUN_S = 15 * 60
+MATMUL_EFFICIENCY = 0.6  # share of the measured matmul speed training reaches (LoRA, fp32, CPU)
 
 
 @dataclass
@@ -48,6 +64,7 @@ class Facts:
     n_val_file: int = 0  # rows in the validation file, when one was given
     estimated_rows: int = 0  # rows whose length is estimated from a sample (big datasets)
     free_gb: float | None = None  # GPU memory free when planned (None: a CPU, budget the RAM)
+    gflops: float = 0.0  # measured matmul speed in the chosen precision (0: not measured)
     gpus: int = 0  # GPUs visible to this machine (each machine of the run has as many)
     # for the checks before training (data.checks): the rows, the counter that renders them as
     # training will, the model's folder (its generation config), what balancing did
@@ -161,19 +178,96 @@ def lora_rank(n_params: int) -> tuple[int, str]:
     return 8, f"a {model_size(n_params)} model needs little extra capacity per task"
 
 
-def eval_interval(steps: int, n_val: int, rows_per_step: int) -> tuple[int, str]:
-    """Validate often enough to stop when the loss flattens, rarely enough to cost ~15% at most."""
+def eval_interval(steps: int, n_val: int, rows_per_step: int, scored: int = 0,
+                  score_cost: float = 0.0) -> tuple[int, str]:
+    """Validate often enough to stop when the loss flattens, rarely enough to cost ~15% at most.
+    `scored` rows are also answered at each validation, each costing `score_cost` training rows."""
     if n_val <= 0:
         return (max(1, min(500, math.ceil(steps / 10))),
                 "no validation rows: sets how often a checkpoint is saved (about 10 per run)")
-    # A validation pass costs about n_val * VALIDATION_COST training rows.
-    cheap = math.ceil(n_val * VALIDATION_COST / (VALIDATION_BUDGET * rows_per_step))
+    # A validation pass costs about n_val * VALIDATION_COST training rows, plus the answers.
+    per_pass = n_val * VALIDATION_COST + scored * score_cost
+    cheap = math.ceil(per_pass / (VALIDATION_BUDGET * rows_per_step))
     every = max(1, math.ceil(steps / MAX_VALIDATIONS), cheap)
     every = min(every, max(1, math.ceil(steps / MIN_VALIDATIONS)), 10_000)
-    times = math.ceil(steps / every)
-    share = 100 * times * n_val * VALIDATION_COST / max(1, steps * rows_per_step)
-    return every, (f"{times} validation(s) of {n_val} rows over {steps} steps: about {share:.0f}% "
-                   "of the training time")
+    times = max(1, steps // every)  # the trainer validates at every, 2 x every, ... <= steps
+    share = 100 * times * per_pass / max(1, steps * rows_per_step)
+    answers = f", {scored} of them answered" if scored else ""
+    return every, (f"{times} validation(s) of {n_val} rows{answers} over {steps} steps: about "
+                   f"{share:.0f}% of the training time")
+
+
+def answer_score(n_val: int, f: Facts, early: bool) -> tuple[str, str]:
+    """How answers to validation rows are scored at each validation, or 'none'."""
+    if not early or n_val <= 0:
+        return "none", "no early stopping" if not early else "no validation rows"
+    if f.data_format == "text" or not f.answer_lengths:
+        return "none", "plain text rows have no answers to score: the validation loss alone"
+    p90 = percentile(f.answer_lengths, 0.9)
+    if p90 > LONG_ANSWER:
+        return "none", (f"answers are long (90% up to {p90} tokens): too slow to generate at "
+                        "every validation, so the validation loss alone decides")
+    if p90 > SHORT_ANSWER:
+        return "rouge_l", (f"answers are longish (90% up to {p90} tokens): greedy answers to "
+                           "validation rows are scored by ROUGE-L (word overlap)")
+    return "exact_match", (f"answers are short (90% up to {p90} tokens): greedy answers to "
+                           "validation rows are scored by exact match; the run goes on while "
+                           "more come out right")
+
+
+def score_cost(f: Facts) -> float:
+    """Training rows' worth of work to answer one validation row greedily."""
+    if not f.answer_lengths or not f.lengths:
+        return VALIDATION_COST
+    answer = 1.25 * percentile(f.answer_lengths, 0.9) + 4
+    return VALIDATION_COST + GEN_TOKEN_COST * answer / (sum(f.lengths) / len(f.lengths))
+
+
+def score_rows(n_val: int, steps: int, rows_per_step: int, cost: float) -> tuple[int, str]:
+    """Validation rows answered at each validation: all of them up to SCORE_ROWS, fewer (but at
+    least MIN_SCORE_ROWS) when answering them SCORED_VALIDATIONS times would pass the budget."""
+    rows = min(n_val, SCORE_ROWS)
+    room = (VALIDATION_BUDGET * steps * rows_per_step / SCORED_VALIDATIONS
+            - n_val * VALIDATION_COST)
+    fit = max(0, int(room / cost))
+    if fit < rows:
+        rows = max(min(fit, rows), min(MIN_SCORE_ROWS, n_val))
+        return rows, (f"{rows} of {n_val} validation rows: answering more would take over "
+                      f"{VALIDATION_BUDGET:.0%} of the training time")
+    whole = "all" if rows == n_val else f"{rows} of"
+    return rows, f"{whole} {n_val} validation rows, each answered in ~{cost:.1f} training rows' time"
+
+
+def passes(n_train: int, steps_per_epoch: int, tokens_per_row: float, f: Facts,
+           method: str, can_stop: bool, parallel: int = 1) -> tuple[float, str]:
+    """Passes over the training rows: enough for ~TARGET_STEPS steps; a small dataset more (up
+    to MAX_PASSES) when early stopping can end the run once the answers stop improving, as long
+    as the estimated training time stays within FIRST_RUN_S (`parallel` devices share the
+    work: GPUs of the run, or machines of a CPU run)."""
+    if steps_per_epoch < TARGET_STEPS:
+        n = float(min(MAX_AUTO_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+        why = (f"{n_train} rows are only {steps_per_epoch} steps per pass: repeated to reach "
+               f"~{TARGET_STEPS} steps" + (" (at most 10 passes)" if n == MAX_AUTO_EPOCHS else ""))
+    else:
+        n, why = 1.0, f"one pass over {n_train} rows is {steps_per_epoch} steps"
+    if not can_stop or n_train > SMALL_DATA or n >= MAX_PASSES:
+        extra = "" if n > 1 else (": enough for a large dataset" if n_train > SMALL_DATA else
+                                  ": no early stopping to end extra passes")
+        return n, why + extra
+    flops_per_token = (6 if method == "full" else 4) * f.n_params
+    if not f.gflops:
+        return n, why + ": this machine's speed is not measured, so no extra passes"
+    pass_s = n_train * tokens_per_row * flops_per_token / (
+        f.gflops * 1e9 * MATMUL_EFFICIENCY * max(1, parallel))
+    fit = int(FIRST_RUN_S // max(pass_s, 1e-9))
+    more = max(n, float(min(MAX_PASSES, fit)))
+    if more <= n:
+        return n, (why + f" (~{pass_s / 60:.0f} min estimated at {f.gflops:.0f} GFLOP/s): a "
+                   f"second would take a first run past {FIRST_RUN_S // 60} min")
+    return more, (f"{more:g} passes over {n_train} rows ({steps_per_epoch} steps each, ~"
+                  f"{more * pass_s / 60:.0f} min estimated at {f.gflops:.0f} GFLOP/s, within "
+                  f"{FIRST_RUN_S // 60} min): a small dataset learns more from repeats, and "
+                  "validation ends the run when the answers stop improving")
 
 
 def usable_memory(f: Facts) -> tuple[float, str]:
@@ -187,16 +281,16 @@ def usable_memory(f: Facts) -> tuple[float, str]:
 
 
 def patience(n_val: int, f: Facts) -> tuple[int, str]:
-    """One flat validation stops the run, unless so few answer tokens are validated that the
-    loss jumps about by chance (a labelling task validated on 13 one-word answers: one answer
-    flipping moves it by 0.05)."""
+    """One flat validation (neither a better score nor a lower loss) stops the run, unless so few
+    answer tokens are validated that both jump about by chance (a labelling task validated on 13
+    one-word answers: one answer flipping moves the loss by 0.05 and the score by 8%)."""
     if n_val <= 0:
         return 1, "no validation rows: no early stopping"
     per_row = (sum(f.answer_lengths) / len(f.answer_lengths)) if f.answer_lengths else 0
     tokens = round(n_val * per_row)
     if per_row and tokens < STEADY_ANSWER_TOKENS:
-        return 3, (f"validation holds only ~{tokens} answer tokens: its loss jumps about, so "
-                   "three flat validations in a row are needed")
+        return 3, (f"validation holds only ~{tokens} answer tokens: its loss and score jump "
+                   "about, so three flat validations in a row are needed")
     return 1, (f"validation holds ~{tokens} answer tokens: its loss is steady, one flat "
                "validation is enough" if per_row else "one flat validation is enough")
 
@@ -316,20 +410,26 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
 
     per_step = int(values["batch_size"]) * int(values["grad_accum"]) * procs
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
-    if steps_per_epoch >= TARGET_STEPS:
-        epochs_reason = f"one pass over {n_train} rows is {steps_per_epoch} steps: enough"
-        auto_epochs = 1.0
-    else:
-        auto_epochs = float(min(MAX_AUTO_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
-        epochs_reason = (f"{n_train} rows are only {steps_per_epoch} steps per pass: repeated to "
-                         f"reach ~{TARGET_STEPS} steps" + (" (at most 10 passes)" if
-                                                          auto_epochs == MAX_AUTO_EPOCHS else ""))
-    epochs = decide("epochs", auto_epochs, epochs_reason)
+    n_val = f.n_val_file if f.has_val_file else round(float(vf) * f.n_rows)
+    can_stop = cfg.early_stopping and n_val > 0
+    row_tokens = min(int(length), sum(f.lengths) / len(f.lengths)) if f.lengths else int(length)
+    parallel = procs if f.device == "cuda" else int(cfg.num_machines)
+    epochs = decide("epochs", *passes(n_train, steps_per_epoch, row_tokens, f, cfg.method,
+                                      can_stop, parallel))
     total = max(1, math.ceil(float(epochs) * steps_per_epoch))
     steps = decide("max_steps", total, f"{float(epochs):g} epoch(s) x {steps_per_epoch} steps")
 
-    n_val = f.n_val_file if f.has_val_file else round(float(vf) * f.n_rows)
-    every, every_reason = eval_interval(int(steps), n_val, per_step)
+    metric = decide("early_stopping_score", *answer_score(n_val, f, can_stop))
+    cost = score_cost(f)
+    scored = 0
+    if metric != "none" and can_stop:
+        scored = int(decide("early_stopping_score_rows",
+                            *score_rows(n_val, int(steps), per_step, cost)))
+    else:
+        decide("early_stopping_score_rows", max(1, min(n_val, SCORE_ROWS)),
+               "no answers are scored (see early stopping score)" if can_stop else
+               "no early stopping, so no answers are scored")
+    every, every_reason = eval_interval(int(steps), n_val, per_step, scored, cost)
     decide("eval_steps", every, every_reason)
     decide("early_stopping_patience", *patience(n_val, f))
     # Saving at every evaluation lets the best checkpoint be restored at the end.
@@ -364,11 +464,12 @@ def measure(cfg: RunConfig):
         random.Random(cfg.seed).sample(rows, ANSWER_SAMPLE)
     hw = hardware.detect()
     precision, why = hardware.choose_precision(hw, hardware.probe())
+    speed = hardware.probe().get(precision if cfg.precision == "auto" else cfg.precision, 0.0)
     facts = Facts(n_rows=len(rows), lengths=lengths, has_val_file=bool(cfg.val_data),
                   n_val_file=len(splits.val), answer_lengths=counter.answer_lengths(sample),
                   data_format=splits.report["format"], estimated_rows=counter.estimated_rows,
                   precision=precision, precision_reason=why, device=hw.device,
-                  memory_gb=hw.memory_gb, free_gb=hardware.free_memory_gb(),
+                  memory_gb=hw.memory_gb, free_gb=hardware.free_memory_gb(), gflops=speed,
                   gpus=hardware.gpu_count(), rows=rows, counter=counter,
                   model_folder=source.path if Path(source.path).is_dir() else
                   models.model_files(cfg.model),  # a Hub model: its cached config files

@@ -132,14 +132,19 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def curves(run_dir: Path) -> dict:
     """What the live view plots: {"loss": [(step, value, "train"|"validation")], "lr": [(step,
-    value)], "tokens_per_s": median of the last 5 steps or None}."""
+    value)], "score": [(step, share right or ROUGE-L, rows answered)] of the validation answers,
+    "score_metric": "exact_match" | "rouge_l" | None, "tokens_per_s": median of the last 5 steps
+    or None}."""
     import statistics
 
     metrics = read_metrics(run_dir)
     loss = [(m["step"], m["loss"], "train") for m in metrics if "loss" in m]
     loss += [(m["step"], m["eval_loss"], "validation") for m in metrics if "eval_loss" in m]
     speed = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+    scored = [m for m in metrics if "eval_score" in m]
     return {"loss": loss, "lr": [(m["step"], m["lr"]) for m in metrics if m.get("lr") is not None],
+            "score": [(m["step"], m["eval_score"], m.get("eval_score_rows", 0)) for m in scored],
+            "score_metric": scored[-1].get("eval_score_metric") if scored else None,
             "tokens_per_s": statistics.median(speed[-5:]) if speed else None}
 
 

@@ -14,7 +14,6 @@ in progress is never cut: status.json says `saving_since`, and `jobs.stop` waits
 from __future__ import annotations
 
 import _thread
-import math
 import os
 import signal
 import socket
@@ -161,65 +160,6 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
     return [RunDirCallback()]
 
 
-class _EarlyStop:
-    """Stops once validation loss falls by less than `min_delta` per tenth of the run between
-    validations, `patience` times in a row, or as soon as it is below `solved_loss`; says why."""
-
-    def __init__(self, patience: int, min_delta: float, max_steps: int, solved_loss: float = 0.0):
-        self.patience, self.min_delta, self.max_steps = patience, min_delta, max(1, max_steps)
-        self.solved_loss = solved_loss
-        self.best, self.last_step, self.bad, self.reason = None, 0, 0, None
-
-    def check(self, loss: float, step: int) -> bool:
-        if loss < self.solved_loss:
-            self.reason = (f"validation loss {loss:.4f} at step {step} of {self.max_steps} is below "
-                           f"{self.solved_loss:g}: the model gives the answer tokens ~"
-                           f"{100 * math.exp(-loss):.0f}% probability on average; the task is "
-                           "learned")
-            return True
-        if self.best is None:
-            self.best, self.last_step = loss, step
-            return False
-        need = self.min_delta * (step - self.last_step) / (self.max_steps / 10)
-        fall, since = self.best - loss, self.last_step
-        self.last_step = step
-        if fall > 0 and fall >= need:
-            self.best, self.bad = loss, 0
-            return False
-        self.best, self.bad = min(self.best, loss), self.bad + 1
-        if self.bad < self.patience:
-            return False
-        times = "" if self.patience == 1 else f" ({self.patience} validations in a row)"
-        self.reason = (f"validation loss flat at step {step} of {self.max_steps}: it fell by "
-                       f"{max(0.0, fall):.4f} since step {since}, less than the {need:.4f} that "
-                       f"counts{times}; more steps would add little")
-        return True
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        stopper = self
-
-        class EarlyStopCallback(TrainerCallback):
-            def on_evaluate(self, args, state, control, metrics=None, **kw):
-                loss = (metrics or {}).get("eval_loss")
-                if loss is not None and stopper.check(float(loss), state.global_step):
-                    control.should_training_stop = True
-
-        return EarlyStopCallback()
-
-
-def _end_reason(state, max_steps: int, stopper: _EarlyStop | None) -> tuple[str, int | None]:
-    best_step = None
-    if state.best_model_checkpoint:
-        best_step = int(state.best_model_checkpoint.rstrip("/").split("-")[-1])
-    if stopper is not None and stopper.reason and state.global_step < max_steps:
-        best = f"; best at step {best_step}" if best_step else ""
-        return stopper.reason + best, best_step
-    best = f"; best validation loss at step {best_step}" if best_step else ""
-    return f"finished all {max_steps} steps{best}", best_step
-
-
 def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
     """Train the run in this process; return the final status. Never raises for run failures."""
     run_dir = Path(run_dir)
@@ -268,7 +208,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from finetune import data, hardware, models
+    from finetune import data, hardware, models, stopping
 
     import datasets
 
@@ -322,9 +262,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         save_strategy="steps",
         save_steps=int(cfg.save_steps),
         save_total_limit=2,
-        load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
+        **stopping.trainer_settings(early),
         logging_steps=hardware.logging_steps(hw.device, int(cfg.max_steps)),
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         seed=cfg.seed,
@@ -336,11 +274,10 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         completion_only_loss=True,
     )
     callbacks = _make_callbacks(run_dir, stop, int(cfg.max_steps))
-    stopper = None
-    if early:
-        stopper = _EarlyStop(int(cfg.early_stopping_patience), float(cfg.early_stopping_min_delta),
-                             int(cfg.max_steps), float(cfg.early_stopping_loss))
-        callbacks.append(stopper.callback())
+    stopper = stopping.from_config(cfg) if early else None
+    if stopper:
+        callbacks.append(stopping.callback(stopper, stopping.scored_rows(cfg, splits.val), run_dir,
+                                           log=lambda m: _log(run_dir, tee, m)))
     trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
         train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
@@ -374,7 +311,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
                   "resume continues from the latest checkpoint")
         return _status(run_dir, state="stopped", pid=None, finished=time.time(),
                        step=state.global_step, end_reason=reason, saving_since=None)
-    reason, best = _end_reason(state, int(cfg.max_steps), stopper)
+    reason, best = stopping.end_reason(state, int(cfg.max_steps), stopper)
     _log(run_dir, tee, reason)
     return _status(run_dir, state="completed", pid=None, finished=time.time(),
                    step=state.global_step, end_reason=reason, best_step=best,

@@ -31,9 +31,10 @@ def test_run_started_from_the_train_tab_writes_metrics_the_live_view_plots(tiny_
     jobs.start(run_dir)
     st = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert st["state"] == "completed", runinfo.log_tail(run_dir)
-    text, loss, lr, log, active = train_tab.live_view(run_dir.name)
+    text, loss, score, lr, log, active = train_tab.live_view(run_dir.name)
     assert "completed" in text and "step 6 of 6" in text
     assert set(loss["series"]) == {"train", "validation"} and len(loss) >= 6
+    assert score["value"].isna().all()  # no answers scored: early stopping is off here
     assert len(lr) >= 6 and not active
     assert train_tab.config_from_widgets(names, [getattr(cfg, n) for n in names]) == cfg
     # The worker's output is the log: each line written once.

@@ -44,8 +44,8 @@ def test_360_rows_one_epoch_batch_8():
 
 def test_validation_is_frequent_enough_to_stop_on_a_plateau_but_costs_little():
     resolved, reasons = run(n_rows=360)  # 43 steps of 8 rows, 18 rows held out
-    assert resolved.eval_steps == 5  # 9 passes over 18 rows, each about 2 training steps' work
-    assert reasons["eval_steps"].startswith("9 validation(s) of 18 rows over 43 steps")
+    assert resolved.eval_steps == 5  # 8 passes (steps 5 to 40) over 18 rows, each ~1 step of work
+    assert reasons["eval_steps"].startswith("8 validation(s) of 18 rows over 43 steps")
     share = int(reasons["eval_steps"].split("about ")[1].split("%")[0])
     assert share <= 16
     # A big validation file on a short run (45 steps) is still looked at 3 times.
@@ -164,6 +164,48 @@ def test_a_big_dataset_on_a_gpu_takes_steps_of_about_16k_tokens():
     assert gpu.batch_size * gpu.grad_accum == 128 and "a large dataset on a GPU: 128 rows" in \
         reasons["grad_accum"]
     assert hardware.logging_steps("cpu", 3113) == 1 and hardware.logging_steps("cuda", 390) == 3
+
+
+def test_a_small_dataset_gets_more_passes_while_a_first_run_stays_short():
+    # 400 rows of 50 tokens on a CPU measured at 77 GFLOP/s: a pass is ~4 min, so 3 fit.
+    small, reasons = run(n_rows=400, lengths=[50] * 400, gflops=77.0, answer_lengths=[10] * 400)
+    assert small.epochs == 3.0 and small.max_steps == 3 * 48
+    assert reasons["epochs"].startswith("3 passes over 380 rows (48 steps each, ~")
+    assert "validation ends the run when the answers stop improving" in reasons["epochs"]
+    # Rows four times longer: a pass is ~15 min, past the first-run budget: one pass.
+    long, reasons = run(n_rows=400, lengths=[240] * 400, gflops=77.0)
+    assert long.epochs == 1.0 and "a second would take a first run past 15 min" in reasons["epochs"]
+    # Without early stopping nothing would end extra passes; big datasets get one pass.
+    off, reasons = run(config.RunConfig(early_stopping=False), n_rows=400, lengths=[60] * 400,
+                       gflops=77.0)
+    assert off.epochs == 1.0 and "no early stopping" in reasons["epochs"]
+    big, _ = run(n_rows=20_000, gflops=77.0)
+    assert big.epochs == 1.0
+
+
+def test_short_answers_are_scored_by_exact_match_within_the_validation_budget():
+    # 2 passes of 48 steps, 20 validation rows: answering 12 of them lets 6 validations fit.
+    short, reasons = run(config.RunConfig(epochs=2), n_rows=400, lengths=[60] * 400,
+                         answer_lengths=[10] * 400)
+    assert short.early_stopping_score == "exact_match" and short.early_stopping_score_rows == 12
+    assert "12 of 20 validation rows" in reasons["early_stopping_score_rows"]
+    share = int(reasons["eval_steps"].split("about ")[1].split("%")[0])
+    assert reasons["eval_steps"].startswith("6 validation(s) of 20 rows, 12 of them answered")
+    assert share <= 16
+    # A run too short for that still answers 8 rows (fewer would say little).
+    few, reasons = run(n_rows=360, answer_lengths=[35] * 360)
+    assert few.early_stopping_score_rows == 8
+    longish, _ = run(n_rows=400, answer_lengths=[80] * 400)
+    assert longish.early_stopping_score == "rouge_l"
+    long, reasons = run(n_rows=400, answer_lengths=[400] * 400, lengths=[500] * 400)
+    assert long.early_stopping_score == "none" and "too slow" in reasons["early_stopping_score"]
+    text, reasons = run(n_rows=400, data_format="text", answer_lengths=[80] * 400)
+    assert text.early_stopping_score == "none"
+    # A score asked for where nothing is validated: nothing to answer, and the config stays valid.
+    none, reasons = run(config.RunConfig(early_stopping_score="exact_match"), n_rows=1,
+                        lengths=[40], answer_lengths=[5])
+    none.validate()
+    assert reasons["early_stopping_score_rows"] == "no early stopping, so no answers are scored"
 
 
 def test_processes_share_each_step_and_the_global_batch_stays_what_the_reasons_say():

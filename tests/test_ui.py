@@ -172,6 +172,19 @@ def test_a_visitors_page_load_shows_no_refusal(finetune_home, monkeypatch):
     assert checked >= 3  # the Data tab's sample, the Train tab's runs, the pickers
 
 
+def test_the_live_view_says_the_latest_and_the_best_validation_answers():
+    from finetune.ui.train_tab import score_words
+
+    curves = {"score": [(10, 0.5, 16), (20, 0.875, 16), (30, 0.8125, 16)],
+              "score_metric": "exact_match"}
+    assert score_words(curves) == ("validation answers: 13 of 16 right at step 30 (best 14 of 16 "
+                                   "right at step 20)")
+    curves = {"score": [(10, 0.41, 8)], "score_metric": "rouge_l"}
+    assert score_words(curves) == ("validation answers: ROUGE-L 0.41 at step 10 (best ROUGE-L "
+                                   "0.41 at step 10)")
+    assert score_words({"score": [], "score_metric": None}) == ""
+
+
 def test_several_gpu_settings_are_offered_only_with_more_than_one_gpu(monkeypatch):
     from finetune import config, hardware
     from finetune.ui import train_tab

@@ -4,7 +4,8 @@
     python -m finetune bench train --json    # LoRA training tokens/s on the bundled model
     python -m finetune bench chat            # time to first token, decode tokens/s
     python -m finetune bench data            # `data inspect` on 100,000 rows; 10,000 files
-    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~2 h)
+    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (hours)
+    python -m finetune bench defaults --tasks dates,receipts --setups auto,hand-tuned
     python -m finetune bench gpu --json      # the GPU path end to end (needs a CUDA GPU)
 
 Each benchmark is a function returning a JSON-ready dict; the CLI prints them. Progress lines go
@@ -46,10 +47,10 @@ def bench_data() -> dict:
     return run()
 
 
-def bench_defaults() -> dict:
+def bench_defaults(tasks: list[str] | None = None, setups: list[str] | None = None) -> dict:
     from finetune.bench.defaults import bench_defaults as run
 
-    return run(log=log)
+    return run(tasks, setups, log=log)
 
 
 def bench_gpu() -> dict:
@@ -73,9 +74,10 @@ def check_names(what: list[str]) -> list[str]:
     return list(what) or QUICK
 
 
-def run_one(name: str) -> dict:
-    return BENCHES[name]()
+def run_one(name: str, chosen: dict | None = None) -> dict:
+    """One benchmark; `chosen` ({"tasks": [...], "setups": [...]}) narrows `defaults`."""
+    return BENCHES[name](**(chosen or {})) if name == "defaults" else BENCHES[name]()
 
 
-def run_all(names: list[str]) -> dict:
-    return {name: run_one(name) for name in names}
+def run_all(names: list[str], chosen: dict | None = None) -> dict:
+    return {name: run_one(name, chosen) for name in names}

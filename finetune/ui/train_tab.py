@@ -22,6 +22,7 @@ GROUP_TITLES = {"data": "Data", "lora": "LoRA", "schedule": "Schedule", "machine
 TERMINAL_ONLY, SEVERAL_GPUS = {"cluster"}, "distributed"
 POLL_S = 2.0
 LOSS_SERIES, LR_SERIES = ("train", "validation"), ("learning rate",)
+SCORE_SERIES = ("validation answers",)
 
 
 def _widget(name: str):
@@ -97,28 +98,47 @@ def status_markdown(st: dict, run_name: str) -> str:
     return "  \n".join(parts)
 
 
+def score_words(curves: dict) -> str:
+    """The latest validation score and the best so far, in words ('' before the first)."""
+    if not curves["score"]:
+        return ""
+    exact = curves["score_metric"] == "exact_match"
+
+    def words(value, rows):
+        return f"{round(value * rows)} of {rows} right" if exact else f"ROUGE-L {value:.2f}"
+
+    step, value, rows = curves["score"][-1]
+    best = max(curves["score"], key=lambda p: p[1])
+    return (f"validation answers: {words(value, rows)} at step {step} (best {words(*best[1:])} "
+            f"at step {best[0]})")
+
+
 def live_view(name: str | None):
-    """Status text, loss and learning-rate frames, log tail and whether to keep polling, for
-    the run of that name."""
+    """Status text, loss, validation-answer and learning-rate frames, log tail and whether to
+    keep polling, for the run of that name."""
     from finetune import jobs, runinfo
     from finetune.errors import RunError
 
     try:
         run_dir = runinfo.named_run(name)
     except RunError:  # none picked, or deleted meanwhile
-        return status_markdown({}, ""), _frame([], LOSS_SERIES), _frame([], LR_SERIES), "", False
+        return (status_markdown({}, ""), _frame([], LOSS_SERIES), _frame([], SCORE_SERIES),
+                _frame([], LR_SERIES), "", False)
     from finetune import overfit
 
     st, curves = jobs.status(run_dir), runinfo.curves(run_dir)
     text = status_markdown(st, run_dir.name)
+    if curves["score"]:
+        text += "  \n" + score_words(curves)
     found = overfit.overfitting(runinfo.read_metrics(run_dir))
     if found:
         text += f"  \n⚠ **{found['message']}**"
     if curves["tokens_per_s"]:
         text += f"  \n{curves['tokens_per_s']:.0f} tokens/s (median of the last 5 steps)"
     lr = [(step, value, "learning rate") for step, value in curves["lr"]]
-    return (text, _frame(curves["loss"], LOSS_SERIES), _frame(lr, LR_SERIES),
-            runinfo.log_tail(run_dir), st.get("state") in jobs.ACTIVE)
+    score = [(step, value, SCORE_SERIES[0]) for step, value, _ in curves["score"]]
+    return (text, _frame(curves["loss"], LOSS_SERIES), _frame(score, SCORE_SERIES),
+            _frame(lr, LR_SERIES), runinfo.log_tail(run_dir), st.get("state") in jobs.ACTIVE)
 
 
 def _frame(points: list[tuple], series: tuple[str, ...]):
@@ -188,6 +208,9 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
     with gr.Row():
         loss_plot = gr.LinePlot(_frame([], LOSS_SERIES), x="step", y="value", color="series",
                                 title="loss", height=260)
+        score_plot = gr.LinePlot(_frame([], SCORE_SERIES), x="step", y="value", color="series",
+                                 title="validation answers (share right, or ROUGE-L)",
+                                 height=260, y_lim=[0, 1])
         lr_plot = gr.LinePlot(_frame([], LR_SERIES), x="step", y="value", color="series",
                               title="learning rate", height=260)
     with gr.Accordion("Log (last lines)", open=False):
@@ -233,8 +256,8 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
 
     def tick(name, shown=None):
         """One poll: the run's status, curves and log, and the runs as they are now."""
-        text, loss, lr, log, active = live_view(name)
-        return (text, loss, lr, log, gr.Timer(active=active), *refresh(name, shown))
+        text, loss, score, lr, log, active = live_view(name)
+        return (text, loss, score, lr, log, gr.Timer(active=active), *refresh(name, shown))
 
     @user_errors
     def start(*values, progress=gr.Progress()):
@@ -247,7 +270,7 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
 
     shown = gr.State([])  # the picker's choices as last sent to the page
     listing = [run_pick, runs_df, shown]
-    live = [status_md, loss_plot, lr_plot, log_box, timer, *listing]
+    live = [status_md, loss_plot, score_plot, lr_plot, log_box, timer, *listing]
     start_btn.click(start, widgets, [plan_df, yaml_box, cli_box, *listing, timer],
                     show_progress_on=plan_df).then(
         tick, [run_pick, shown], live)
