@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from conftest import wait_for_run as _wait
+from runwait import wait_for_run as _wait
 from finetune import config, jobs, runinfo, train
 
 

@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import wait_for_run
+from runwait import wait_for_run
 from finetune import config, jobs, launch, runinfo, train
 from finetune.errors import ConfigError
 
