@@ -92,9 +92,7 @@ def evaluation_section(run_dir: Path, manifest: dict) -> str:
                    evaluate.metric_rows(report, exported=True))
     verdicts = [f"- **{name}**: {verdict}" for name, _, _, _, verdict in
                 evaluate.export_rows(report)]
-    from finetune import drift, probe
-
-    from finetune import votes
+    from finetune import drift, probe, votes
 
     people = votes.tally(run_dir)
     trust = [f"- {line}" for line in probe.findings(report) + drift.findings(report)

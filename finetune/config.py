@@ -237,7 +237,7 @@ def _distributed_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"num_processes: {cfg.num_processes} processes cannot be shared evenly "
                         f"by {cfg.num_machines} machines (give the total: processes per machine "
                         "x machines)")
-    if cfg.method == "qlora" and cfg.strategy != "ddp":
+    if cfg.method == "qlora" and cfg.strategy != "ddp" and cfg.num_processes not in (AUTO, 1):
         problems.append(f"strategy: {cfg.strategy} does not shard a 4-bit (qlora) base model "
                         "here; use strategy 'ddp' with qlora, or method 'lora' with "
                         f"{cfg.strategy}")

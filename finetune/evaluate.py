@@ -64,6 +64,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         raise ConfigError(f"limit must be at least 1 (got {limit}); leave it out to use the "
                           f"whole test split (at most {DEFAULT_LIMIT} rows).")
     rows, described = _rows(cfg, data, log)
+    try:  # read before any model loads: a missing file must not cost the answers
+        trained = drift.training_answers(cfg)
+    except DataError as e:
+        trained = [reference for _, reference in rows]
+        log(f"The training data cannot be read ({e}); the answers' writing systems are compared "
+            "with the reference answers instead.")
     n_gen = min(len(rows), int(limit) if limit else DEFAULT_LIMIT)
     loss_rows = rows[:MAX_LOSS_ROWS]
     gen_rows = rows[:n_gen]
@@ -133,7 +139,6 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         examples.append({"prompt": prompt_text(prompt), "reference": reference, "base": base,
                          "tuned": tuned, "base_correct": metrics.is_exact(base, reference),
                          "tuned_correct": metrics.is_exact(tuned, reference)})
-    trained = drift.training_answers(cfg)
     writing = drift.assess(answers, trained, [ex["prompt"] for ex in examples],
                            max_new, counter.encode_lengths,
                            drift.template_note(runinfo.result_dir(run_dir), tokenizer.chat_template))

@@ -191,20 +191,25 @@ def stop(run_dir: Path, timeout: float = STOP_TIMEOUT_S) -> dict:
     """Ask the run to stop (it saves a checkpoint and the adapter); kill its tree at the deadline,
     unless it is saving then: a save in progress is given up to SAVE_TIMEOUT_S to finish."""
     st = status(run_dir)
+    if st.get("state") in ACTIVE and _elsewhere(st):
+        raise RunError(f"Run '{run_dir.name}' trains on {st['host']}, not on this machine: stop "
+                       "it there (python -m finetune stop RUN), or cancel its Slurm job.")
     if st.get("state") not in ACTIVE or not _alive(st):
         if st.get("state") == "queued":
             return runinfo.update_status(run_dir, state="stopped", end_reason="stopped before it began")
         return st
     pid = int(st["pid"])
     runinfo.update_status(run_dir, state="stopping")
-    # Every process of the run hears the stop at once: with several, torchrun starts each
-    # worker in a session of its own, out of reach of a signal to the launcher's group.
+    # With several processes every worker hears the stop at once (torchrun starts each in a
+    # session of its own, out of reach of a signal to the launcher's group), and the launcher
+    # does not: told to stop, torchrun gives its workers 30 s and then kills them, which would
+    # cut a long save. It exits by itself once the workers have.
     tree = _tree(pid)
     try:
         several = launcher.distributed(runinfo.load_config(run_dir))
     except Exception:  # noqa: BLE001 - a damaged config: the launcher alone, as for one process
         several = False
-    for proc in tree if several else tree[:1]:
+    for proc in tree[1:] if several and len(tree) > 1 else tree[:1]:
         try:
             proc.send_signal(signal.SIGTERM)
         except Exception:  # noqa: BLE001 - already gone

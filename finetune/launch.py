@@ -42,6 +42,12 @@ def check(cfg: RunConfig) -> None:
 def check_local(cfg: RunConfig, gpus: int) -> None:
     """check(), plus what this machine must have to start the run's processes itself."""
     check(cfg)
+    per_machine = int(cfg.num_processes) // max(1, int(cfg.num_machines))
+    if gpus and per_machine > gpus:
+        raise ConfigError(f"num_processes {cfg.num_processes} puts {per_machine} processes on this "
+                          f"machine and it has {gpus} GPU(s) visible: each process needs a GPU "
+                          f"of its own. Use --num-processes {gpus * int(cfg.num_machines)} (or "
+                          "auto), or make more GPUs visible (CUDA_VISIBLE_DEVICES).")
     if cfg.strategy != "ddp" and gpus == 0:
         raise ConfigError(f"strategy {cfg.strategy} shards the model among GPUs and this machine "
                           "has none: use strategy 'ddp' for several CPU processes.")

@@ -197,10 +197,13 @@ def eval_interval(steps: int, n_val: int, rows_per_step: int, scored: int = 0,
                    f"{share:.0f}% of the training time")
 
 
-def answer_score(n_val: int, f: Facts, early: bool) -> tuple[str, str]:
+def answer_score(n_val: int, f: Facts, early: bool, procs: int = 1) -> tuple[str, str]:
     """How answers to validation rows are scored at each validation, or 'none'."""
     if not early or n_val <= 0:
         return "none", "no early stopping" if not early else "no validation rows"
+    if procs > 1:  # finetune.stopping scores answers in a one-process run only
+        return "none", (f"{procs} processes: the validation loss gathered from all of them "
+                        "decides, so every process stops at the same step")
     if f.data_format == "text" or not f.answer_lengths:
         return "none", "plain text rows have no answers to score: the validation loss alone"
     p90 = percentile(f.answer_lengths, 0.9)
@@ -412,14 +415,13 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
     n_val = f.n_val_file if f.has_val_file else round(float(vf) * f.n_rows)
     can_stop = cfg.early_stopping and n_val > 0
-    row_tokens = min(int(length), sum(f.lengths) / len(f.lengths)) if f.lengths else int(length)
     parallel = procs if f.device == "cuda" else int(cfg.num_machines)
-    epochs = decide("epochs", *passes(n_train, steps_per_epoch, row_tokens, f, cfg.method,
+    epochs = decide("epochs", *passes(n_train, steps_per_epoch, row_tokens or int(length), f, cfg.method,
                                       can_stop, parallel))
     total = max(1, math.ceil(float(epochs) * steps_per_epoch))
     steps = decide("max_steps", total, f"{float(epochs):g} epoch(s) x {steps_per_epoch} steps")
 
-    metric = decide("early_stopping_score", *answer_score(n_val, f, can_stop))
+    metric = decide("early_stopping_score", *answer_score(n_val, f, can_stop, procs))
     cost = score_cost(f)
     scored = 0
     if metric != "none" and can_stop:
@@ -488,11 +490,12 @@ def plan(cfg: RunConfig) -> Plan:
                           "refuses it there): use 'auto', 'fp32' or 'bf16' on this machine.")
     facts, source, lora_per_rank = measure(cfg)
     resolved, reasons = resolve(cfg, facts, lora_per_rank)
+    resolved.validate()  # what auto chose must work together too (processes x strategy x method)
     reasons["model"] = source.describe()
     found = data_checks(facts, int(resolved.max_length), source.name)
     errors = [c.message for c in found if c.level == "error"]
     if errors:
-        raise DataError("Not trained: " + "\n".join(errors))
+        raise DataError("Cannot train on this data: " + "\n".join(errors))
     for c in found:
         reasons[c.name] = ("WARNING: " if c.level == "warning" else "") + c.message
     return Plan(resolved, reasons, checks=[c.as_dict() for c in found])

@@ -102,10 +102,3 @@ def findings(report: dict) -> list[str]:
             f"({100 * base['score']:.0f}%), tuned {tuned['right']} of {n} "
             f"({100 * tuned['score']:.0f}%); lost {probe['lost']}, gained {probe['gained']}.")
     return [line] + list(probe.get("flags", []))
-
-
-def rows(report: dict) -> list[list[str]]:
-    """[question, expected, base answer, tuned answer, base ✓/✗, tuned ✓/✗] per probe question."""
-    return [[x["question"], x["expected"], x.get("base", ""), x.get("tuned", ""),
-             "✓" if x.get("base_right") else "✗", "✓" if x.get("tuned_right") else "✗"]
-            for x in (report.get("probe") or {}).get("items", [])]

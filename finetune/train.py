@@ -36,6 +36,7 @@ class _Stop:
         self.requested_at: float | None = None
         self.abandoned = False  # the watchdog gave up waiting for the step to end
         self.step_ended = False  # the step ended after the request: only saving is left
+        self.saving = False  # a checkpoint the schedule asked for is being written
         self.finished = False
 
     def request(self, *_):
@@ -46,7 +47,7 @@ class _Stop:
 
     def _watchdog(self):
         time.sleep(STOP_GRACE_S)
-        if not self.finished and not self.step_ended:  # a save in progress is never cut
+        if not self.finished and not self.step_ended and not self.saving:  # never cut a save
             self.abandoned = True
             _thread.interrupt_main()  # raises KeyboardInterrupt in the training loop
 
@@ -153,9 +154,16 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
                 args.save_only_model = True  # no optimizer state (a 7B full FT: ~56 GB less)
             if _stop_agreed(stop, args):
                 stop.step_ended = True
-                _status(run_dir, saving_since=time.time())  # jobs.stop waits for the save
                 control.should_save = True
                 control.should_training_stop = True
+            if control.should_save:  # a checkpoint follows (after a validation, if one is due)
+                stop.saving = True
+                _status(run_dir, saving_since=time.time())  # jobs.stop waits for the save
+
+        def on_save(self, args, state, control, **kw):
+            stop.saving = False
+            if not stop.step_ended:  # after a stop the weights are saved next: still saving
+                _status(run_dir, saving_since=None)
 
     return [RunDirCallback()]
 
@@ -165,9 +173,10 @@ def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
     run_dir = Path(run_dir)
     stop = _Stop()
     old = {s: signal.signal(s, stop.request) for s in (signal.SIGTERM, signal.SIGINT)}
-    # With several processes the pid is the launcher's (their parent), which stop signals.
+    # With several processes the pid is the launcher's (their parent): stop finds them under it.
     _status(run_dir, state="starting", pid=os.getpid() if _processes() == 1 else os.getppid(),
-            host=socket.gethostname(), started=time.time(), error=None, end_reason=None)
+            host=socket.gethostname(), started=time.time(), error=None, end_reason=None,
+            saving_since=None)
     try:
         return _train(run_dir, resume, tee, stop)
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from finetune.errors import RunError
+from finetune.errors import DataError, RunError
 
 VOTES = "votes.jsonl"
 PICKS = {"A": 0, "B": 1, "tie": None}
@@ -36,7 +36,7 @@ def ask(choice: str | None, message: str, system: str = "", settings=None, who=N
         raise RunError("A blind test compares a run's base and tuned models: pick a run in the "
                        "list (train one in the Train tab if there is none).")
     if not (message or "").strip():
-        raise RunError("Type a message first.")
+        raise DataError("Type a message first: the blind test answers it with both models.")
     left = right = None
     for _, shown_left, shown_right in chat.converse(choice, chat.BOTH, message, (None, [], []),
                                                     system, settings, who, gate, client):
