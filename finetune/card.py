@@ -92,7 +92,15 @@ def evaluation_section(run_dir: Path, manifest: dict) -> str:
                    evaluate.metric_rows(report, exported=True))
     verdicts = [f"- **{name}**: {verdict}" for name, _, _, _, verdict in
                 evaluate.export_rows(report)]
-    return text + ("\n\n" + "\n".join(verdicts) if verdicts else "")
+    from finetune import drift, probe, votes
+
+    people = votes.tally(run_dir)
+    trust = [f"- {line}" for line in probe.findings(report) + drift.findings(report)
+             + ([people["text"]] if people["votes"] else [])]
+    return text + ("\n\n" + "\n".join(verdicts) if verdicts else "") + \
+        ("\n\nChecks after training (general knowledge the model may have lost, writing "
+         "systems the training answers never use, answers that never stopped, people's blind "
+         "votes):\n\n" + "\n".join(trust) if trust else "")
 
 
 def settings_section(run_dir: Path, cfg) -> str:

@@ -11,11 +11,13 @@ the Chat tab does not reload on every message; a retrained run is reloaded.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from finetune import hardware
 from finetune.config import GenerationSettings
 from finetune.errors import RunError
 
@@ -31,6 +33,7 @@ class Target:
     path: str  # the run directory (tuned) or the model's from_pretrained path (base)
     label: str
     source: Any = None  # models.ModelSource of a base model
+    four_bit: bool = False  # the base of a QLoRA run answers in 4 bits, as it trained
 
 
 def resolve_target(target: str | Path, base: bool = False) -> Target:
@@ -41,14 +44,16 @@ def resolve_target(target: str | Path, base: bool = False) -> Target:
     try:
         run_dir = runinfo.run_path(target)
     except RunError:
-        if (paths.runs_dir() / str(target)).is_dir():  # a run folder without its config
+        folder = paths.runs_dir() / str(target)  # a run folder without its config (a name,
+        if folder.is_dir() and folder.parent == paths.runs_dir():  # not a model's own path)
             raise
         source = models.resolve(str(target))
         return Target("base", source.path, source.name, source)
     cfg = runinfo.load_config(run_dir)
     if base:
         source = models.resolve(cfg.model)
-        return Target("base", source.path, f"{source.name} (base of {run_dir.name})", source)
+        return Target("base", source.path, f"{source.name} (base of {run_dir.name})", source,
+                      four_bit=cfg.method == "qlora")
     if runinfo.result_dir(run_dir) is None:
         state = runinfo.read_status(run_dir).get("state", "not started")
         raise RunError(f"Run {run_dir.name} has no trained model yet (state: {state}): wait "
@@ -78,7 +83,7 @@ class ModelCache:
             self._items.pop(key, None)
             while len(self._items) >= self.size:
                 self._items.popitem(last=False)
-            _release()
+            hardware.empty_cache()
             log(f"Loading {target.label}...")
             model, tokenizer = _load(target)
             self._items[key] = (stamp, model, tokenizer)
@@ -90,10 +95,16 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-            _release()
+            hardware.empty_cache()
 
 
 CACHE = ModelCache(size=2)
+
+
+@hardware.on_release
+def _release_cache() -> None:
+    """A training starting on this machine's GPU gets the memory the chat models held."""
+    CACHE.clear()
 
 
 def _weights_stamp(target: Target) -> float:
@@ -108,28 +119,29 @@ def _weights_stamp(target: Target) -> float:
 
 
 def _load(target: Target):
-    from finetune import hardware, models
+    from finetune import jobs, models, runinfo
 
     device, dtype = hardware.inference_settings()
+    four_bit = target.four_bit
     if target.kind == "tuned":
-        return models.load_tuned(Path(target.path), dtype=dtype, device=device, merge=True)
-    source = target.source or models.resolve(target.path)
-    model = models.load_model(source, dtype=dtype, device=device)
-    model.eval()
-    return model, models.load_tokenizer(source)
+        cfg = runinfo.load_config(Path(target.path))
+        source, four_bit = models.resolve(cfg.model), cfg.method == "qlora"
+    else:
+        source = target.source or models.resolve(target.path)
+    training = jobs.training_run_name() if device == "cuda" else None
+    if device == "cuda":
+        need = hardware.inference_need_gb(models.model_shape(source)["n_params"], dtype, four_bit)
+        hardware.check_room(need, target.label, training)
+    with hardware.memory_errors(f"Loading {target.label}", _CHAT_TIPS, training):
+        if target.kind == "tuned":
+            return models.load_tuned(Path(target.path), dtype=dtype, device=device, merge=True)
+        model = models.load_model(source, dtype=dtype, device=device, quantize_4bit=four_bit)
+        model.eval()
+        return model, models.load_tokenizer(source)
 
 
-def _release() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+_CHAT_TIPS = ["a shorter conversation (Clear) or fewer new tokens", "one model instead of side by "
+              "side", "a smaller model, or a QLoRA run (it answers with a 4-bit base)"]
 
 
 def finished_runs() -> list[Path]:
@@ -256,15 +268,23 @@ def stream_reply(target: Target, history: Iterable[Any], system: str = "",
                  log=print) -> Iterator[str]:
     """Pieces of the next assistant message after `history` (dicts as Gradio 6 sends them:
     content may be a list of blocks)."""
-    from finetune import generation, hardware, jobs
+    from finetune import generation, jobs
 
     settings = (settings or GenerationSettings()).validate()
     messages = generation.to_messages(history, system)
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("the history must end with the user's message")
     model, tokenizer = cache.get(target, log=log)
-    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
-    yield from generation.stream(model, tokenizer, messages, settings)
+    training = jobs.training_run_name()
+    hardware.use_inference_threads(training_active=training is not None)
+    with hardware.memory_errors("This answer", _CHAT_TIPS, training):
+        yield from generation.stream(model, tokenizer, messages, settings)
+
+
+# A chat window is redrawn at most this often while an answer streams in: the browser redraws
+# the whole message each time, and per token a long answer kept a busy page from taking a click
+# (Stop) for seconds. Ten updates a second still reads as a steady stream.
+SHOW_EVERY_S = 0.1
 
 
 def chat_turn(target: Target, history: Iterable[Any] | None, message: str, system: str = "",
@@ -277,12 +297,16 @@ def chat_turn(target: Target, history: Iterable[Any] | None, message: str, syste
     history = [m for m in to_messages(history or []) if m["role"] in ("user", "assistant")]
     history.append({"role": "user", "content": message})
     yield history
-    text = ""
+    text, shown, last = "", None, 0.0
     for piece in stream_reply(target, history, system, settings, cache, log):
         text += piece
-        yield history + [{"role": "assistant", "content": text}]
+        if time.monotonic() - last >= SHOW_EVERY_S:
+            yield history + [{"role": "assistant", "content": text}]
+            shown, last = text, time.monotonic()
     if not text.strip():
         yield history + [{"role": "assistant", "content": text + "(empty answer)"}]
+    elif text != shown:
+        yield history + [{"role": "assistant", "content": text}]
 
 
 def side_by_side(base: Target, tuned: Target, left: Iterable[Any] | None,

@@ -3,9 +3,12 @@
     python -m finetune train --preset demo          # bundled model + bundled data, ~5 min on 2 cores
     python -m finetune train --data my.jsonl        # every setting resolved from the data and machine
     python -m finetune train runs/NAME/config.yaml  # repeat a run exactly
+    python -m finetune train CONFIG.yaml --num-processes 4 --strategy fsdp   # 4 GPUs (accelerate)
+    python -m finetune train CONFIG.yaml --num-machines 2 --num-processes 16 --main-process-ip HOST --slurm
     python -m finetune eval runs/NAME --json
     python -m finetune chat runs/NAME --prompt "..."
     python -m finetune data inspect my.jsonl
+    python -m finetune data export my_files.zip --out cleaned.jsonl
     python -m finetune runs | status RUN | stop RUN | resume RUN
     python -m finetune export RUN --merge --gguf q8_0 --out DIR   # each export checked
     python -m finetune push RUN --repo NAME --merge [--space NAME-chat]   # needs HF_TOKEN
@@ -18,6 +21,9 @@ import json
 import sys
 
 from finetune.errors import FinetuneError
+
+MAP_HELP = ("which columns hold what, for names not understood on their own (question/answer "
+            "and the like are), e.g. 'prompt=ticket, completion=category'")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -42,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="start from a preset: " + ", ".join(_preset_names()))
     t.add_argument("--dry-run", action="store_true",
                    help="resolve and print every setting with its reason, then stop")
+    t.add_argument("--slurm", action="store_true",
+                   help="prepare the run and write a Slurm batch script for it (RUN/run.slurm: "
+                        "one launcher per node) instead of training here")
     _add_config_flags(t)
 
     e = sub.add_parser("eval", help="base vs tuned on the held-out split: exact match, loss, ...")
@@ -60,12 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="inspect data before training")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     di = dsub.add_parser("inspect", help="detected format, counts, problems; exit 2 if unusable")
-    di.add_argument("path", help="file, sample:NAME, or Hub dataset id")
+    di.add_argument("path", help="file, folder, archive (.zip, .tar, .tar.gz), sample:NAME, or "
+                    "Hub dataset id")
     di.add_argument("--format", default="auto", help="override the detected format")
     di.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
-    di.add_argument("--map", default="", metavar="MAPPING",
-                    help="which columns hold what, e.g. 'prompt=question, completion=answer'")
+    di.add_argument("--map", default="", metavar="MAPPING", help=MAP_HELP)
     di.add_argument("--json", action="store_true")
+    de = dsub.add_parser("export", help="write the normalized, cleaned rows as one JSONL file "
+                         "(what the Data tab's 'Download as JSONL' gives)")
+    de.add_argument("path", help="file, folder, archive, sample:NAME, or Hub dataset id")
+    de.add_argument("--out", required=True, metavar="FILE.jsonl", help="the JSONL file to write")
+    de.add_argument("--format", default="auto", help="override the detected format")
+    de.add_argument("--map", default="", metavar="MAPPING", help=MAP_HELP)
+    de.add_argument("--mask-emails", action="store_true", help="replace e-mail addresses by [EMAIL]")
+    de.add_argument("--mask-phones", action="store_true", help="replace phone numbers by [PHONE]")
+    de.add_argument("--max-length", type=int, help="with --drop-long: the most tokens a row may have")
+    de.add_argument("--drop-long", action="store_true", help="leave out rows longer than --max-length")
 
     sub.add_parser("runs", help="list runs with model, method, data, status, losses")
     for name, helptext in (("status", "show a run's state and latest metrics"),
@@ -107,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, help="train: optimizer steps per side (default: 12)")
     b.add_argument("--rounds", type=int, help="train: baseline/ours pairs, run alternately "
                    "(default: 1)")
+    b.add_argument("--tasks", default="", help="defaults only: comma-separated tasks (default: "
+                   "sample:contacts,sample:tickets,sample:rewrite,dates,receipts)")
+    b.add_argument("--setups", default="", help="defaults only: comma-separated setups "
+                   "(default: auto,hand-tuned,llama-factory)")
     return p
 
 
@@ -138,7 +161,9 @@ def _config_from_args(args) -> "object":
 
 
 def cmd_train(args) -> int:
-    from finetune import jobs, plan, train
+    from pathlib import Path
+
+    from finetune import jobs, launch, plan, runinfo, train
 
     cfg = _config_from_args(args)
     if args.dry_run:
@@ -147,10 +172,38 @@ def cmd_train(args) -> int:
             print(f"{name:24s} {getattr(planned.config, name, '')!s:>12}  {reason}")
         return 0
     run_dir = jobs.prepare_run(cfg).run_dir
-    status = train.run(run_dir)
+    resolved = runinfo.load_config(run_dir)
+    if args.slurm:
+        script = launch.write_slurm(run_dir, resolved, Path.cwd())
+        print(f"{run_dir}\nstart it with: sbatch {script}")
+        return 0
+    if resolved.num_machines > 1:
+        print(f"{run_dir}\nstart it with one command on each machine (the run directory must be "
+              "on storage they all see):")
+        for rank, command in enumerate(launch.node_commands(run_dir, resolved)):
+            print(f"  machine {rank}: {command}")
+        return 0
+    if launch.distributed(resolved):
+        jobs.start(run_dir)
+        status = _follow(run_dir)
+    else:
+        status = train.run(run_dir)
     print(f"{status.get('state')}: {status.get('end_reason', '')}".rstrip(": "))
     print(run_dir)
     return 0 if status.get("state") in ("completed", "stopped") else 1
+
+
+def _follow(run_dir) -> dict:
+    """Show a background run's log here until it ends; Ctrl-C stops it (every process)."""
+    from finetune import jobs
+
+    try:
+        for text in jobs.follow(run_dir):
+            print(text, end="", flush=True)
+    except KeyboardInterrupt:
+        print("\nstopping every process of the run ...", file=sys.stderr, flush=True)
+        jobs.stop(run_dir)
+    return jobs.status(run_dir)
 
 
 def cmd_eval(args) -> int:
@@ -193,6 +246,14 @@ def cmd_chat(args) -> int:
 def cmd_data(args) -> int:
     from finetune import data
 
+    if args.data_command == "export":
+        summary = data.export(args.path, args.out, fmt=args.format, column_map=args.map,
+                              mask_emails=args.mask_emails, mask_phones=args.mask_phones,
+                              max_length=args.max_length, drop_long=args.drop_long)
+        _err(data.format_text(summary))
+        print(f"wrote {summary['rows']['kept']} rows to {summary['written']} (read as "
+              f"{summary['format']}; each row is now {{\"messages\": [...]}} or {{\"text\": ...}})")
+        return 0
     summary = data.inspect_summary(args.path, fmt=args.format, max_length=args.max_length,
                                    column_map=args.map)
     print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json
@@ -223,9 +284,14 @@ def cmd_stop(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from finetune import jobs, runinfo, train
+    from finetune import jobs, launch, runinfo, train
 
     run_dir = runinfo.run_path(args.run)
+    if args.foreground and launch.distributed(runinfo.load_config(run_dir)):
+        jobs.resume(run_dir)  # several processes: in the background, shown here
+        status = _follow(run_dir)
+        print(f"{status.get('state')}: {status.get('end_reason', '')}")
+        return 0 if status.get("state") in ("completed", "stopped") else 1
     if args.foreground:
         jobs.check_resumable(run_dir)
         status = train.run(run_dir, resume=True)
@@ -315,6 +381,8 @@ def cmd_bench(args) -> int:
     names = bench.check_names(args.what)
     options = {k: getattr(args, k) for k in ("model", "data", "steps", "rounds")
                if getattr(args, k) is not None}
+    options.update({k: [x.strip() for x in v.split(",") if x.strip()] or None
+                    for k, v in (("tasks", args.tasks), ("setups", args.setups))})
     if args.json:
         import contextlib
 

@@ -22,9 +22,10 @@ from finetune.bundled import BUNDLED_NAME
 AUTO = "auto"
 DEFAULT_MODEL = BUNDLED_NAME
 DEFAULT_DATA = "sample:contacts"
-# Early stopping: stop once validation loss falls by less than MIN_DELTA per tenth of the run
-# (chosen on the bundled tasks: docs/BENCHMARKS.md).
-MIN_DELTA = 0.005
+# Early stopping (finetune.stopping): the validation loss must fall by MIN_GAIN of itself per tenth
+# of the run, or the answers on validation rows get better (chosen on the bundled tasks and two of
+# our own: docs/BENCHMARKS.md).
+MIN_GAIN = 0.05
 SOLVED_LOSS = 0.01  # ... or once it is this low: the task is learned
 
 Auto = Union[str, int, float]  # "auto" or a concrete value
@@ -39,14 +40,16 @@ class RunConfig:
     # --- what to train on what
     model: str = _f(DEFAULT_MODEL, f"Base model: the bundled '{BUNDLED_NAME}', a local directory, "
                     "or a Hugging Face Hub id such as 'HuggingFaceTB/SmolLM2-360M-Instruct'.")
-    data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT), "
+    data: str = _f(DEFAULT_DATA, "Training data: a file (JSONL, JSON, CSV, TSV, Parquet, TXT, MD, "
+                   "PDF, DOCX), a folder or an archive (.zip, .tar, .tar.gz) of such files, "
                    "a bundled sample ('sample:contacts', 'sample:tickets', 'sample:rewrite') or a "
                    "Hub dataset id.")
     data_format: str = _f("auto", "How rows are read; 'auto' detects it from the columns.",
                           choices=["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"],
                           group="data")
-    column_map: str = _f("", "Which of your columns hold what, for data in no known format: "
-                         "e.g. 'prompt=question, completion=answer'.", group="data")
+    column_map: str = _f("", "Which of your columns hold what, for data in no known format "
+                         "(common names such as question/answer are read without one): "
+                         "e.g. 'prompt=ticket, completion=category'.", group="data")
     val_data: str = _f("", "Validation file. Empty: held out from the training data.", group="data")
     test_data: str = _f("", "Test file for evaluation. Empty: the sample's own test split, or "
                         "held out from the training data.", group="data")
@@ -55,6 +58,16 @@ class RunConfig:
     test_fraction: float = _f(0.1, "Share of training rows held out for the test split when no "
                               "test file is given.", group="data", type=float, min=0.0, max=0.5)
     system_prompt: str = _f("", "System message added to rows that have none.", group="data")
+    balance_labels: bool = _f(False, "When the answers are a small set of labels (a "
+                              "classification-like task): down-sample the training and "
+                              "validation rows so every label has as many rows as the rarest "
+                              "one (the test split keeps its own mix).", group="data")
+    mix_general: float = _f(0.0, "Share of the training rows that are general instruction rows "
+                            "mixed in against forgetting (e.g. 0.2); 0: none. Compare runs with "
+                            "and without on the evaluation's general-knowledge probe.",
+                            group="data", type=float, min=0.0, max=0.9)
+    mix_data: str = _f("", "General instruction data for mix_general: a file or Hub dataset id. "
+                       "Empty: the shipped general sample.", group="data")
 
     # --- how
     method: str = _f("lora", "full: train every weight; lora: train small adapters; qlora: "
@@ -95,21 +108,55 @@ class RunConfig:
     gradient_checkpointing: str = _f(AUTO, "Recompute activations to save memory at ~30% more time.",
                                      choices=[AUTO, "on", "off"], group="machine")
 
+    # --- several GPUs, then several machines (launched through accelerate: finetune.launch)
+    num_processes: Auto = _f(AUTO, "Training processes in all, one per GPU ('auto': one per "
+                             "visible GPU, 1 on a CPU); above 1 the run is started with "
+                             "`accelerate launch`.", group="distributed", type=int, min=1,
+                             max=4096)
+    strategy: str = _f("ddp", "How processes share the work: ddp (each GPU holds the whole "
+                       "model), fsdp (weights, gradients and optimizer state sharded), zero2 "
+                       "(DeepSpeed: gradients and optimizer state sharded), zero3 (DeepSpeed: "
+                       "everything sharded). Used only with more than one process.",
+                       choices=["ddp", "fsdp", "zero2", "zero3"], group="distributed")
+    num_machines: int = _f(1, "Machines (nodes) taking part; each runs its share of the "
+                           "processes.", group="cluster", type=int, min=1, max=1024)
+    machine_rank: int = _f(0, "This machine's number among them (0: the main one, which "
+                           "writes the run directory).", group="cluster", type=int, min=0,
+                           max=1023)
+    main_process_ip: str = _f("", "Address of machine 0, which the others connect to (needed "
+                              "with more than one machine).", group="cluster")
+    main_process_port: int = _f(29500, "Port on machine 0 for the processes to meet (0: any "
+                                "free port, one machine only).", group="cluster", type=int,
+                                min=0, max=65535)
+
     # --- evaluation and stopping
     eval_steps: Auto = _f(AUTO, "Validate every N steps.", group="evaluation", type=int, min=1,
                           max=10_000_000)
     save_steps: Auto = _f(AUTO, "Save a checkpoint every N steps (resume starts from the latest).",
                           group="evaluation", type=int, min=1, max=10_000_000)
-    early_stopping: bool = _f(True, "Stop when validation loss stops improving and keep the best "
-                              "checkpoint.", group="evaluation")
-    early_stopping_patience: Auto = _f(AUTO, "Validations in a row without enough improvement "
-                                       "before stopping ('auto': 1, or 3 when the validation "
-                                       "set holds few answer tokens and its loss is noisy).",
+    early_stopping: bool = _f(True, "Stop when neither the validation loss nor the answers on "
+                              "validation rows improve any more, and keep the best checkpoint.",
+                              group="evaluation")
+    early_stopping_score: str = _f(
+        AUTO, "How answers to validation rows are scored at each validation (greedy answers): "
+        "exact_match, rouge_l (similarity, for long answers), or none (the validation loss "
+        "alone); 'auto': exact match for short answers, ROUGE-L for longer ones, none for answers "
+        "too long to generate cheaply.", choices=[AUTO, "exact_match", "rouge_l", "none"],
+        group="evaluation")
+    early_stopping_score_rows: Auto = _f(AUTO, "Validation rows answered at each validation "
+                                         "('auto': the validation rows, at most 32, fewer when "
+                                         "answering would take more than the validation budget).",
+                                         group="evaluation", type=int, min=1, max=10_000)
+    early_stopping_patience: Auto = _f(AUTO, "Validations in a row with neither a better score "
+                                       "nor a lower loss before stopping ('auto': 1, or 3 when "
+                                       "the validation set holds few answer tokens and jumps "
+                                       "about by chance).",
                                        group="evaluation", type=int, min=1, max=1000)
     early_stopping_min_delta: float = _f(
-        MIN_DELTA, "Validation loss (per token) must fall by at least this much for every tenth of "
-        "the run between two validations to count as an improvement; 0: any fall counts.",
-        group="evaluation", type=float, min=0.0, max=10.0)
+        MIN_GAIN, "Share of itself the validation loss must fall by for every tenth of the run "
+        "to count as an improvement (relative: 0.05 means 5%, so 0.078 -> 0.074 counts as much "
+        "as 0.78 -> 0.74); 0: any fall counts.",
+        group="evaluation", type=float, min=0.0, max=1.0)
     early_stopping_loss: float = _f(
         SOLVED_LOSS, "Stop as soon as validation loss is this low: at 0.01 the model already gives "
         "each answer token ~99% probability; 0: never stop for this.", group="evaluation",
@@ -123,6 +170,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Raise ConfigError naming every bad value; return self when all are fine."""
         problems = [p for f in dataclasses.fields(self) if (p := _check(f, getattr(self, f.name)))]
+        problems = problems or _distributed_problems(self)  # each value fine: how they combine
         if problems:
             raise ConfigError("Invalid settings:\n  - " + "\n  - ".join(problems))
         return self
@@ -168,6 +216,32 @@ def _check(f: dataclasses.Field, value: Any) -> str | None:
     if not meta.get("min", float("-inf")) <= value <= meta.get("max", float("inf")):
         return f"{name}: {value!r} is outside {meta.get('min')}..{meta.get('max')}"
     return None
+
+
+def _distributed_problems(cfg: RunConfig) -> list[str]:
+    """The settings of several processes that cannot work together, each with what to change."""
+    problems = []
+    if cfg.num_machines > 1:
+        if not cfg.main_process_ip.strip():
+            problems.append(f"main_process_ip: {cfg.num_machines} machines need the address of "
+                            "machine 0 (e.g. --main-process-ip 10.0.0.1)")
+        if cfg.main_process_port == 0:
+            problems.append("main_process_port: 0 (any free port) works on one machine only; "
+                            "give the port the other machines reach machine 0 on (e.g. 29500)")
+    if cfg.machine_rank >= cfg.num_machines:
+        problems.append(f"machine_rank: {cfg.machine_rank} is not below num_machines "
+                        f"({cfg.num_machines}); machines are numbered from 0")
+    if cfg.num_processes != AUTO and cfg.num_machines > 1 and \
+            (isinstance(cfg.num_processes, bool) or not isinstance(cfg.num_processes, int)
+             or cfg.num_processes % cfg.num_machines):
+        problems.append(f"num_processes: {cfg.num_processes} processes cannot be shared evenly "
+                        f"by {cfg.num_machines} machines (give the total: processes per machine "
+                        "x machines)")
+    if cfg.method == "qlora" and cfg.strategy != "ddp" and cfg.num_processes not in (AUTO, 1):
+        problems.append(f"strategy: {cfg.strategy} does not shard a 4-bit (qlora) base model "
+                        "here; use strategy 'ddp' with qlora, or method 'lora' with "
+                        f"{cfg.strategy}")
+    return problems
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -30,3 +30,7 @@ class AccessError(FinetuneError):
 
 class LimitError(FinetuneError):
     """A visitor limit was reached (input too long, too many requests, too many at once)."""
+
+
+class DeviceMemoryError(FinetuneError):
+    """The GPU has not enough free memory for what was asked (busy training, or too small)."""

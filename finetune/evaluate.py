@@ -15,14 +15,13 @@ agreement with the tuned model's answers; one that disagrees beyond rounding noi
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune import metrics, runinfo
+from finetune import drift, metrics, probe, runinfo
 from finetune.errors import ConfigError, DataError, RunError
 
 DEFAULT_LIMIT = 200  # generation metrics on at most this many rows unless asked for more
@@ -37,6 +36,7 @@ METRIC_LABELS = {  # key -> (label, format)
     "loss": ("loss (answer tokens)", "loss"),
     "perplexity": ("perplexity", "loss"),
     "agreement": ("agreement with tuned", "pct"),  # exported models only
+    "probe": ("general knowledge (probe)", "pct"),  # finetune.probe: forgetting
 }
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
@@ -64,6 +64,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         raise ConfigError(f"limit must be at least 1 (got {limit}); leave it out to use the "
                           f"whole test split (at most {DEFAULT_LIMIT} rows).")
     rows, described = _rows(cfg, data, log)
+    try:  # read before any model loads: a missing file must not cost the answers
+        trained = drift.training_answers(cfg)
+    except DataError as e:
+        trained = [reference for _, reference in rows]
+        log(f"The training data cannot be read ({e}); the answers' writing systems are compared "
+            "with the reference answers instead.")
     n_gen = min(len(rows), int(limit) if limit else DEFAULT_LIMIT)
     loss_rows = rows[:MAX_LOSS_ROWS]
     gen_rows = rows[:n_gen]
@@ -72,8 +78,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     from finetune import hardware, jobs, models
 
     device, dtype = hardware.inference_settings()
-    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
+    training = jobs.training_run_name()
+    hardware.use_inference_threads(training_active=training is not None)
     source = models.resolve(cfg.model)
+    four_bit = cfg.method == "qlora"  # base and tuned answer on the 4-bit base it trained on
     tokenizer = models.load_tokenizer(source)
     counter = datamod.TokenCounter.from_tokenizer(tokenizer, source.name)
     longest = max(counter.encode_lengths([ref for _, ref in gen_rows]))
@@ -93,24 +101,32 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
             progress(min(1.0, (model_index * per_model + units) / (2 * per_model)), desc)
 
     def load(kind: str):
+        if device == "cuda":
+            need = hardware.inference_need_gb(models.model_shape(source)["n_params"], dtype,
+                                              four_bit, max_length)
+            hardware.check_room(need, f"evaluating the {kind} model", training)
         if kind == "base":
-            return models.load_model(source, dtype=dtype, device=device).eval()
+            return models.load_model(source, dtype=dtype, device=device,
+                                     quantize_4bit=four_bit).eval()
         return models.load_tuned(run_dir, dtype=dtype, device=device, merge=True)[0]
 
     report_metrics: dict[str, dict] = {}
     answers: dict[str, list[str]] = {}
+    probed: dict[str, list[str]] = {}  # the forgetting probe's answers (finetune.probe)
     for index, kind in enumerate(("base", "tuned")):
         tell(index, 0, f"Loading the {kind} model")
         log(f"Loading the {kind} model...")
-        # loaded inline: once the call returns nothing holds it, and _release frees it
-        loss, answers[kind] = _loss_and_answers(
-            load(kind), tokenizer, loss_rows, gen_rows, max_new, max_length, device,
-            on_loss=lambda done, total, i=index: tell(
-                i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"),
-            on_answers=lambda done, total, i=index: tell(
-                i, 1 + loss_batches + gen_batches * done / total,
-                f"{kind}: answers {done}/{total}"))
-        _release(device)
+        # loaded inline: once the call returns nothing holds it, and empty_cache frees it
+        with hardware.memory_errors(f"Evaluating the {kind} model", EVAL_TIPS, training):
+            loss, answers[kind] = _loss_and_answers(
+                load(kind), tokenizer, loss_rows, gen_rows, max_new, max_length, device,
+                on_loss=lambda done, total, i=index: tell(
+                    i, 1 + loss_batches * done / total, f"{kind}: loss {done}/{total}"),
+                on_answers=lambda done, total, i=index: tell(
+                    i, 1 + loss_batches + gen_batches * done / total,
+                    f"{kind}: answers {done}/{total}"),
+                after=lambda model, k=kind: probed.__setitem__(k, probe.answer(model, tokenizer)))
+        hardware.empty_cache()
         scores = metrics.compute(answers[kind], [r for _, r in gen_rows])
         scores["loss"] = loss
         scores["perplexity"] = math.exp(min(loss, 700)) if loss is not None else None
@@ -123,6 +139,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         examples.append({"prompt": prompt_text(prompt), "reference": reference, "base": base,
                          "tuned": tuned, "base_correct": metrics.is_exact(base, reference),
                          "tuned_correct": metrics.is_exact(tuned, reference)})
+    writing = drift.assess(answers, trained, [ex["prompt"] for ex in examples],
+                           max_new, counter.encode_lengths,
+                           drift.template_note(runinfo.result_dir(run_dir), tokenizer.chat_template))
+    probed_report = probe.report(probed, trained, counter.encode_lengths)
+    for kind, scores in report_metrics.items():
+        scores["probe"] = probed_report["models"][kind]["score"]
     report = {
         "run": run_dir.name,
         "model": cfg.model,
@@ -135,6 +157,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
         "dtype": dtype,
         "metrics": report_metrics,
         "examples": examples,
+        "drift": writing,  # writing systems, answers that never stopped (finetune.drift)
+        "probe": probed_report,  # general knowledge: the forgetting probe (finetune.probe)
         "seconds": round(time.time() - started, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -155,9 +179,11 @@ def _scored_length(cfg) -> int:
 
 
 def _loss_and_answers(model, tokenizer, loss_rows, gen_rows, max_new: int, max_length: int,
-                      device: str, on_loss=None, on_answers=None) -> tuple[float | None, list[str]]:
+                      device: str, on_loss=None, on_answers=None,
+                      after=None) -> tuple[float | None, list[str]]:
     """One model's mean loss on the answer tokens of `loss_rows` and its greedy answers to
-    `gen_rows`. Pass the model inline and call `_release` after: nothing else then holds it."""
+    `gen_rows`; `after(model)` asks the same loaded model more (the forgetting probe). Pass the
+    model inline and call `hardware.empty_cache` after: nothing else then holds it."""
     from finetune import generation
 
     batch = _batch(device)
@@ -165,13 +191,13 @@ def _loss_and_answers(model, tokenizer, loss_rows, gen_rows, max_new: int, max_l
                                             batch_size=batch, on_batch=on_loss)
     answers = generation.generate_batch(model, tokenizer, [p for p, _ in gen_rows], max_new,
                                         batch_size=batch, on_batch=on_answers)
+    if after is not None:
+        after(model)
     return (nll / tokens if tokens else None), answers
 
 
-def _release(device: str) -> None:
-    """Free a model no longer referenced, before the next one is loaded."""
-    gc.collect()
-    _empty_device_cache(device)
+EVAL_TIPS = ["fewer rows for answers (--limit, or the rows box)", "a test file with shorter rows",
+             "a QLoRA run (it evaluates on a 4-bit base)"]
 
 
 def evaluate_choice(run: str | None, test_file: str | None = None, on_file: bool = False,
@@ -241,15 +267,6 @@ def prompt_text(prompt: list[dict]) -> str:
     if len(turns) == 1:
         return turns[0]["content"]
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
-
-
-def _empty_device_cache(device: str) -> None:
-    import torch
-
-    if device == "cuda" and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    elif device == "mps" and hasattr(torch, "mps"):
-        torch.mps.empty_cache()
 
 
 # --- presenting a report ------------------------------------------------------------------------
@@ -347,6 +364,10 @@ def format_report(report: dict) -> str:
     tally = ", ".join(f"{label}: {n}" for label, n in counts.items())
     text = f"{head}\n\n" + "\n".join(line.rstrip() for line in lines) + \
         f"\n\nExact match per example: {tally}"
+    lines = probe.findings(report) + drift.findings(report) + \
+        [f"  {x}" for x in drift.example_lines(report.get("drift"))]
+    if lines:
+        text += "\n\nTrust:\n" + "\n".join(lines)
     if report.get("exported"):
         text += "\n\nExported models on the same rows:\n" + "\n".join(
             f"  {name}: exact match {em}, agreement with tuned {agree}, loss {loss}. {verdict}"
@@ -396,15 +417,18 @@ def evaluate_export(run_dir: str | Path, name: str, kind: str, path: str | Path,
     rows, _ = _rows(cfg, None, log)
     gen_rows, loss_rows = rows[:report["n_examples"]], rows[:report["n_loss_examples"]]
     device, dtype = hardware.inference_settings()
-    hardware.use_inference_threads(training_active=jobs.active_run() is not None)
+    training = jobs.training_run_name()
+    hardware.use_inference_threads(training_active=training is not None)
     tell(0.0, "loading")
     log(f"Checking {name} ({path}) on {len(gen_rows)} held-out rows...")
-    loss, answers = _loss_and_answers(
-        *_load_exported(kind, Path(path), dtype, device), loss_rows, gen_rows,
-        report["max_new_tokens"], _scored_length(cfg), device,
-        on_loss=lambda done, total: tell(0.2 + 0.2 * done / total, f"loss {done}/{total}"),
-        on_answers=lambda done, total: tell(0.4 + 0.6 * done / total, f"answers {done}/{total}"))
-    _release(device)
+    with hardware.memory_errors(f"Checking {name}", EVAL_TIPS, training):
+        loss, answers = _loss_and_answers(
+            *_load_exported(kind, Path(path), dtype, device), loss_rows, gen_rows,
+            report["max_new_tokens"], _scored_length(cfg), device,
+            on_loss=lambda done, total: tell(0.2 + 0.2 * done / total, f"loss {done}/{total}"),
+            on_answers=lambda done, total: tell(0.4 + 0.6 * done / total,
+                                                f"answers {done}/{total}"))
+    hardware.empty_cache()
     entry = {"kind": kind, "path": str(path), "precision": precision, "answers": answers,
              "loss": loss, "seconds": round(time.time() - started, 1),
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

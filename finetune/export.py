@@ -211,7 +211,8 @@ def write_merged(run_dir: Path, out: Path) -> list[str]:
     from finetune import models
 
     result = runinfo.result_dir(run_dir)
-    model, base_tokenizer = models.load_tuned(run_dir, dtype="fp32", device="cpu", merge=True)
+    model, base_tokenizer = models.load_tuned(run_dir, dtype="fp32", device="cpu", merge=True,
+                                                four_bit=False)
     # the tokenizer training saved beside the weights is the one it used (same chat template)
     tokenizer = models.load_tokenizer(models.ModelSource("local", str(result), run_dir.name)) \
         if (result / "tokenizer_config.json").is_file() else base_tokenizer

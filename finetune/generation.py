@@ -162,9 +162,14 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[Message]], max_new_t
 def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
                    max_length: int = 2048, batch_size: int = 8, on_batch=None) -> tuple[float, int]:
     """Summed negative log-likelihood of the answer tokens (prompt tokens not counted), and how
-    many answer tokens there were. Rows longer than `max_length` tokens are cut at the end."""
+    many answer tokens there were. Rows longer than `max_length` tokens are cut at the end.
+
+    The vocabulary projection runs through TRL's fused LM head (the one SFTTrainer trains
+    with): it never builds the (batch, length, vocabulary) logits, only one tile at a time of at
+    most 4,096 tokens x 32,768 words (`hardware.LOSS_TILE_TOKENS`, `LOSS_TILE_WORDS`: 256 MB in
+    bf16), where a 150k-word vocabulary at batch 16 x 1,024 tokens took ~25 GB (bf16 logits, an
+    fp32 copy and its log-softmax); on a GPU only the answer positions are projected."""
     import torch
-    import torch.nn.functional as F
 
     seqs = []
     for prompt, answer in rows:
@@ -174,6 +179,7 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
         seqs.append((ids, labels))
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scorer = fused_scorer(model)
     device = str(model.device)
     total_nll, total_tokens, done = 0.0, 0, 0
     for start in range(0, len(order), batch_size):
@@ -187,17 +193,28 @@ def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
             labels[r, :len(lab)] = torch.tensor(lab)
             mask[r, :len(s)] = 1
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            shift_logits = logits[:, :-1].float()
-            shift_labels = labels[:, 1:].to(device)
-            nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                  shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            out = scorer(input_ids=ids.to(device), attention_mask=mask.to(device),
+                         labels=labels.to(device), fused_lm_head=True)
+            nll = -out.log_probs.sum()  # 0 at prompt and padding positions
         total_nll += float(nll)
-        total_tokens += int((shift_labels != -100).sum())
+        total_tokens += int((labels[:, 1:] != -100).sum())
         done += len(batch)
         if on_batch:
             on_batch(done, len(order))
     return total_nll, total_tokens
+
+
+def fused_scorer(model):
+    """The module to call with `fused_lm_head=True` for per-token log-probabilities of the
+    labels: the model itself, or for a PEFT model (an unmerged adapter) its base model, whose
+    layers carry the adapter. Generation is unchanged (the patch only acts on that flag)."""
+    from trl.trainer import add_fused_lm_head
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(lm, "_finetune_fused_head", False):
+        add_fused_lm_head(lm, outputs=("log_probs",))
+        lm._finetune_fused_head = True
+    return lm
 
 
 # --- streaming ----------------------------------------------------------------------------------

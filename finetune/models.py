@@ -18,6 +18,7 @@ from finetune.errors import ModelError
 __all__ = ["BUNDLED_NAME", "ModelSource", "bundled_dir", "context_from", "context_length",
            "ensure_bundled",
            "is_bundled", "load_model", "load_tokenizer", "load_tuned", "lora_config",
+           "trainable_to_fp32",
            "model_files", "model_shape", "resolve"]
 
 
@@ -191,6 +192,20 @@ def load_model(source: ModelSource, dtype: str = "fp32", quantize_4bit: bool = F
     return model
 
 
+def trainable_to_fp32(model) -> int:
+    """Put every trained parameter in fp32 (the frozen base stays as it is); returns how many
+    were cast. Under fp16 mixed precision the loss scaler needs fp32 trained weights, and a GPU
+    without bf16 (T4) only emulates the bf16 that TRL gives QLoRA adapters."""
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def lora_config(r: int, alpha: int, dropout: float, target: str, use_dora: bool):
     from peft import LoraConfig
 
@@ -200,8 +215,14 @@ def lora_config(r: int, alpha: int, dropout: float, target: str, use_dora: bool)
                       use_dora=use_dora, task_type="CAUSAL_LM", bias="none")
 
 
-def load_tuned(run_dir: Path, dtype: str = "fp32", device: str = "cpu", merge: bool = True):
-    """The tuned model of a run: base + adapter (merged for speed), or the saved full model."""
+def load_tuned(run_dir: Path, dtype: str = "fp32", device: str = "cpu", merge: bool = True,
+               four_bit: bool | None = None):
+    """The tuned model of a run: base + adapter, or the saved full model.
+
+    The adapter is merged for speed, except on a 4-bit base: a QLoRA run (`four_bit` None
+    follows the run's method) answers with the 4-bit base it trained on and the adapter beside
+    it, so a model that needed 4 bits to train needs no more to chat; `four_bit=False` loads
+    the base in `dtype` (an export merges into 16/32-bit weights)."""
     from finetune import runinfo
 
     run_dir = Path(run_dir)
@@ -214,9 +235,10 @@ def load_tuned(run_dir: Path, dtype: str = "fp32", device: str = "cpu", merge: b
     if (result / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_model(resolve(cfg.model), dtype=dtype, device=device)
+        quantized = cfg.method == "qlora" if four_bit is None else four_bit
+        base = load_model(resolve(cfg.model), dtype=dtype, device=device, quantize_4bit=quantized)
         model = PeftModel.from_pretrained(base, result)
-        if merge:
+        if merge and not quantized:
             model = model.merge_and_unload()
     else:
         model = load_model(ModelSource("local", str(result), run_dir.name), dtype=dtype,

@@ -9,8 +9,10 @@ Train tab gets.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +66,7 @@ def training_source(source: str, analysis: data.Analysis, mapped: bool, changed:
     the rows shown here written to $FINETUNE_HOME/uploads/NAME-prepared.jsonl."""
     if not (mapped or changed):
         return {"data": source, "data_format": analysis.summary["format"]}
-    stem = re.sub(r"[^\w.-]+", "_", Path(source.removeprefix("sample:")).stem or "data")
-    path = data.write_jsonl(analysis.rows, uploads_dir() / f"{stem}-prepared.jsonl")
+    path = data.write_jsonl(analysis.rows, uploads_dir() / f"{_stem(source)}-prepared.jsonl")
     normalized = "text" if analysis.rows and "text" in analysis.rows[0] else "messages"
     state = {"data": str(path), "data_format": normalized}
     if source.startswith("sample:"):
@@ -108,17 +109,32 @@ def browser_source(text: str | None, role: str = "data") -> str:
 def check_browser_sources(cfg: RunConfig) -> RunConfig:
     """A run started from the page reads only what the page may name (browser_source)."""
     browser_source(cfg.data, "training data")
-    for role, value in (("validation file", cfg.val_data), ("test file", cfg.test_data)):
+    for role, value in (("validation file", cfg.val_data), ("test file", cfg.test_data),
+                        ("general data to mix in", cfg.mix_data)):
         if value:
             browser_source(value, role)
     return cfg
 
 
-def keep_upload(temp_path: str) -> str:
-    """Copy an upload (a temp file that goes away) to $FINETUNE_HOME/uploads/; the same content
-    uploaded twice is kept once."""
-    src = Path(temp_path)
-    target_dir = uploads_dir()
+def keep_upload(temp_paths: str | list[str]) -> str:
+    """Copy an upload (temp files that go away) to $FINETUNE_HOME/uploads/: one file as itself
+    (the same content uploaded twice is kept once), several files into one folder named by
+    their content, which is then read as one dataset (finetune.data.archives)."""
+    paths = [temp_paths] if isinstance(temp_paths, (str, Path)) else list(temp_paths or [])
+    if not paths:
+        raise DataError("Nothing was uploaded: choose a file, several files, or an archive.")
+    if len(paths) == 1:
+        return _keep_file(Path(paths[0]), uploads_dir())
+    digest = hashlib.sha1()
+    for path in sorted(map(Path, paths), key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    folder = uploads_dir() / f"{len(paths)}-files-{digest.hexdigest()[:10]}"
+    for path in paths:
+        _keep_file(Path(path), folder)
+    return str(folder)
+
+
+def _keep_file(src: Path, target_dir: Path) -> str:
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / src.name
     n = 1
@@ -127,3 +143,24 @@ def keep_upload(temp_path: str) -> str:
         n += 1
     shutil.copyfile(src, target)
     return str(target)
+
+
+def cleaned_file(rows: list[dict], source: str, usable: bool = True) -> str:
+    """The rows the Data tab shows (normalized and cleaned) as a JSONL file to download, in a
+    temporary folder (the page serves files from there); what `data export` writes."""
+    if not rows or not usable:
+        raise DataError("There is nothing usable to download: "
+                        + ("fix the errors listed under Problems first." if rows else
+                           "load data that can be used first."))
+    folder = Path(tempfile.mkdtemp(prefix="finetune-cleaned-"))
+    return str(data.write_jsonl(rows, folder / f"{_stem(source)}-cleaned.jsonl"))
+
+
+def _stem(source: str) -> str:
+    """A file name made from a source: sample:contacts -> contacts, chats.tar.gz -> chats."""
+    name = Path(source.removeprefix("sample:")).name
+    for suffix in sorted(data.ARCHIVE_TYPES + data.FILE_TYPES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    return re.sub(r"[^\w.-]+", "_", name) or "data"

@@ -6,9 +6,12 @@ runs/<name>/
   status.json     state, pid, step, total steps, error, why it ended, best step
   metrics.jsonl   one JSON object per log/eval event
   train.log       the training process's output
+  accelerate.yaml how its processes are launched, when it has several (finetune.launch)
+  run.slurm       the Slurm batch script, when `train --slurm` wrote one
   checkpoints/    trainer checkpoints (resume starts from the latest)
   adapter/        the LoRA adapter (lora, qlora)   |   model/  the full model (full)
   eval.json       base vs tuned (vs exported) evaluation
+  votes.jsonl     blind A/B votes by people (finetune.votes), one per line
   export/         what the Share tab / `export` command wrote (export.json says what and checks)
   hub.json        where it was pushed
 """
@@ -110,7 +113,12 @@ def append_metrics(run_dir: Path, record: dict) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file of the run (metrics, votes); [] when there is none."""
+    path = Path(path)
     if not path.is_file():
         return []
     out = []
@@ -124,14 +132,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def curves(run_dir: Path) -> dict:
     """What the live view plots: {"loss": [(step, value, "train"|"validation")], "lr": [(step,
-    value)], "tokens_per_s": median of the last 5 steps or None}."""
+    value)], "score": [(step, share right or ROUGE-L, rows answered)] of the validation answers,
+    "score_metric": "exact_match" | "rouge_l" | None, "tokens_per_s": median of the last 5 steps
+    or None}."""
     import statistics
 
     metrics = read_metrics(run_dir)
     loss = [(m["step"], m["loss"], "train") for m in metrics if "loss" in m]
     loss += [(m["step"], m["eval_loss"], "validation") for m in metrics if "eval_loss" in m]
     speed = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
+    scored = [m for m in metrics if "eval_score" in m]
     return {"loss": loss, "lr": [(m["step"], m["lr"]) for m in metrics if m.get("lr") is not None],
+            "score": [(m["step"], m["eval_score"], m.get("eval_score_rows", 0)) for m in scored],
+            "score_metric": scored[-1].get("eval_score_metric") if scored else None,
             "tokens_per_s": statistics.median(speed[-5:]) if speed else None}
 
 

@@ -2,18 +2,22 @@
 
     python -m finetune.train runs/NAME [--resume]     # the worker entry that finetune.jobs spawns
 
-Its output is the run's train.log. The user-facing commands (`python -m finetune train`,
-`resume --foreground`) call `run()` in the terminal instead. It reads only the run directory
+With several processes (`accelerate launch` of this entry, see finetune.launch) every process
+runs it and only the main one (rank 0) writes the run directory: status, metrics, log lines,
+the tokenizer. Its output is the run's train.log. The user-facing commands
+(`python -m finetune train`, `resume --foreground`) call `run()` in the terminal instead. It reads only the run directory
 (config.yaml is fully resolved), so the same config repeats a run. SIGTERM (or Ctrl-C) stops it: the current step ends, a checkpoint and the adapter are saved,
-and status.json says "stopped"; if the step would take too long it is abandoned instead.
+and status.json says "stopped"; if the step would take too long it is abandoned instead. A save
+in progress is never cut: status.json says `saving_since`, and `jobs.stop` waits for it.
 """
 
 from __future__ import annotations
 
 import _thread
-import math
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 import traceback
@@ -31,6 +35,8 @@ class _Stop:
     def __init__(self):
         self.requested_at: float | None = None
         self.abandoned = False  # the watchdog gave up waiting for the step to end
+        self.step_ended = False  # the step ended after the request: only saving is left
+        self.saving = False  # a checkpoint the schedule asked for is being written
         self.finished = False
 
     def request(self, *_):
@@ -41,9 +47,39 @@ class _Stop:
 
     def _watchdog(self):
         time.sleep(STOP_GRACE_S)
-        if not self.finished:
+        if not self.finished and not self.step_ended and not self.saving:  # never cut a save
             self.abandoned = True
             _thread.interrupt_main()  # raises KeyboardInterrupt in the training loop
+
+
+def _rank() -> int:
+    """This process's number among the run's processes (set by the launcher); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _status(run_dir: Path, **fields) -> dict:
+    """update_status from the main process; the others leave the run directory to it."""
+    return runinfo.update_status(run_dir, **fields) if _rank() == 0 else fields
+
+
+def _stop_agreed(stop: _Stop, args) -> bool:
+    """Whether to stop after this step. Several processes stop at the same step once any of
+    them was asked (one that stopped alone would leave the others waiting for it)."""
+    asked = stop.requested_at is not None
+    if _processes() == 1:
+        return asked
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if asked else 0.0], device=args.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and not asked:
+        stop.request()
+    return bool(flag.item())
 
 
 def to_trl_rows(rows: list[dict]) -> list[dict]:
@@ -60,9 +96,15 @@ def to_trl_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _log(run_dir: Path, tee: bool, message: str) -> None:
+def _log(run_dir: Path, tee: bool, message: str, every: bool = False) -> None:
     """One line of the run's log: printed, and with `tee` also appended to train.log (in the
-    worker, stdout is train.log already, so tee is off and each line is written once)."""
+    worker, stdout is train.log already, so tee is off and each line is written once). Only the
+    main process speaks for the run; another one's lines are its errors (`every`)."""
+    if _rank() and not every:
+        return
+    if _rank():
+        message = f"[process {_rank()}] {message}"
+        tee = False
     print(message, flush=True)
     if tee:
         with open(run_dir / "train.log", "a", encoding="utf-8") as f:
@@ -82,8 +124,8 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
 
         def on_train_begin(self, args, state, control, **kw):
             self.first_step = state.global_step
-            runinfo.update_status(run_dir, state="running", step=state.global_step,
-                                  total_steps=state.max_steps or total_steps)
+            _status(run_dir, state="running", step=state.global_step,
+                    total_steps=state.max_steps or total_steps)
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -99,79 +141,31 @@ def _make_callbacks(run_dir: Path, stop: _Stop, total_steps: int):
                            grad_norm=logs.get("grad_norm"), tokens=tokens)
             if "eval_loss" in logs:
                 rec["eval_loss"] = logs["eval_loss"]
-            if "loss" in rec or "eval_loss" in rec:
+            if ("loss" in rec or "eval_loss" in rec) and state.is_world_process_zero:
                 runinfo.append_metrics(run_dir, rec)
 
         def on_step_end(self, args, state, control, **kw):
             done = state.global_step - (self.first_step or 0)
             per_step = (time.time() - self.t0) / max(1, done)
             eta = per_step * max(0, state.max_steps - state.global_step)
-            runinfo.update_status(run_dir, step=state.global_step, total_steps=state.max_steps,
-                                  eta_s=round(eta, 1), s_per_step=round(per_step, 2))
-            if stop.requested_at is not None:
+            _status(run_dir, step=state.global_step, total_steps=state.max_steps,
+                    eta_s=round(eta, 1), s_per_step=round(per_step, 2))
+            if state.global_step >= state.max_steps and _processes() == 1:  # never resumed:
+                args.save_only_model = True  # no optimizer state (a 7B full FT: ~56 GB less)
+            if _stop_agreed(stop, args):
+                stop.step_ended = True
                 control.should_save = True
                 control.should_training_stop = True
+            if control.should_save:  # a checkpoint follows (after a validation, if one is due)
+                stop.saving = True
+                _status(run_dir, saving_since=time.time())  # jobs.stop waits for the save
+
+        def on_save(self, args, state, control, **kw):
+            stop.saving = False
+            if not stop.step_ended:  # after a stop the weights are saved next: still saving
+                _status(run_dir, saving_since=None)
 
     return [RunDirCallback()]
-
-
-class _EarlyStop:
-    """Stops once validation loss falls by less than `min_delta` per tenth of the run between
-    validations, `patience` times in a row, or as soon as it is below `solved_loss`; says why."""
-
-    def __init__(self, patience: int, min_delta: float, max_steps: int, solved_loss: float = 0.0):
-        self.patience, self.min_delta, self.max_steps = patience, min_delta, max(1, max_steps)
-        self.solved_loss = solved_loss
-        self.best, self.last_step, self.bad, self.reason = None, 0, 0, None
-
-    def check(self, loss: float, step: int) -> bool:
-        if loss < self.solved_loss:
-            self.reason = (f"validation loss {loss:.4f} at step {step} of {self.max_steps} is below "
-                           f"{self.solved_loss:g}: the model gives the answer tokens ~"
-                           f"{100 * math.exp(-loss):.0f}% probability on average; the task is "
-                           "learned")
-            return True
-        if self.best is None:
-            self.best, self.last_step = loss, step
-            return False
-        need = self.min_delta * (step - self.last_step) / (self.max_steps / 10)
-        fall, since = self.best - loss, self.last_step
-        self.last_step = step
-        if fall > 0 and fall >= need:
-            self.best, self.bad = loss, 0
-            return False
-        self.best, self.bad = min(self.best, loss), self.bad + 1
-        if self.bad < self.patience:
-            return False
-        times = "" if self.patience == 1 else f" ({self.patience} validations in a row)"
-        self.reason = (f"validation loss flat at step {step} of {self.max_steps}: it fell by "
-                       f"{max(0.0, fall):.4f} since step {since}, less than the {need:.4f} that "
-                       f"counts{times}; more steps would add little")
-        return True
-
-    def callback(self):
-        from transformers import TrainerCallback
-
-        stopper = self
-
-        class EarlyStopCallback(TrainerCallback):
-            def on_evaluate(self, args, state, control, metrics=None, **kw):
-                loss = (metrics or {}).get("eval_loss")
-                if loss is not None and stopper.check(float(loss), state.global_step):
-                    control.should_training_stop = True
-
-        return EarlyStopCallback()
-
-
-def _end_reason(state, max_steps: int, stopper: _EarlyStop | None) -> tuple[str, int | None]:
-    best_step = None
-    if state.best_model_checkpoint:
-        best_step = int(state.best_model_checkpoint.rstrip("/").split("-")[-1])
-    if stopper is not None and stopper.reason and state.global_step < max_steps:
-        best = f"; best at step {best_step}" if best_step else ""
-        return stopper.reason + best, best_step
-    best = f"; best validation loss at step {best_step}" if best_step else ""
-    return f"finished all {max_steps} steps{best}", best_step
 
 
 def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
@@ -179,25 +173,27 @@ def run(run_dir: Path, resume: bool = False, tee: bool = True) -> dict:
     run_dir = Path(run_dir)
     stop = _Stop()
     old = {s: signal.signal(s, stop.request) for s in (signal.SIGTERM, signal.SIGINT)}
-    runinfo.update_status(run_dir, state="starting", pid=os.getpid(), started=time.time(),
-                          error=None, end_reason=None)
+    # With several processes the pid is the launcher's (their parent): stop finds them under it.
+    _status(run_dir, state="starting", pid=os.getpid() if _processes() == 1 else os.getppid(),
+            host=socket.gethostname(), started=time.time(), error=None, end_reason=None,
+            saving_since=None)
     try:
         return _train(run_dir, resume, tee, stop)
     except KeyboardInterrupt:
-        return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
-                                     end_reason="stopped before training began")
+        return _status(run_dir, state="stopped", pid=None, finished=time.time(),
+                       end_reason="stopped before training began")
     except FinetuneError as e:
         from finetune.access import scrub
 
-        _log(run_dir, tee, f"error: {scrub(str(e))}")
-        return runinfo.update_status(run_dir, state="failed", pid=None, error=scrub(str(e)),
-                                     finished=time.time())
+        _log(run_dir, tee, f"error: {scrub(str(e))}", every=True)
+        return _status(run_dir, state="failed", pid=None, error=scrub(str(e)),
+                       finished=time.time())
     except Exception as e:  # noqa: BLE001 - every failure ends up in status.json in words
         from finetune.access import scrub
 
-        _log(run_dir, tee, scrub(traceback.format_exc()))
-        return runinfo.update_status(run_dir, state="failed", pid=None, error=explain(e),
-                                     finished=time.time())
+        _log(run_dir, tee, scrub(traceback.format_exc()), every=True)
+        return _status(run_dir, state="failed", pid=None, error=explain(e),
+                       finished=time.time())
     finally:
         stop.finished = True
         for s, handler in old.items():
@@ -222,7 +218,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     from transformers import set_seed
     from trl import SFTConfig
 
-    from finetune import data, fastpath, hardware, models
+    from finetune import data, fastpath, hardware, models, stopping
 
     import datasets
 
@@ -235,8 +231,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
             raise ConfigError("report_to is 'trackio' but trackio is not installed: "
                               "pip install trackio, or set report_to to 'none'.")
     hw = hardware.detect()
-    if hw.device == "cpu":
-        torch.set_num_threads(hw.threads)
+    if hw.device == "cpu":  # processes on one machine share its cores
+        torch.set_num_threads(max(1, hw.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     _log(run_dir, tee, f"hardware: {hw.describe()}")
     splits = data.prepare(cfg, float(cfg.val_fraction))
     _log(run_dir, tee, f"data: {len(splits.train)} train, {len(splits.val)} validation, "
@@ -244,8 +240,13 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     source = models.resolve(cfg.model)
     _log(run_dir, tee, f"model: {source.describe()}")
     tokenizer = models.load_tokenizer(source)
-    model = models.load_model(source, dtype=cfg.precision, quantize_4bit=cfg.method == "qlora",
-                              device="cpu" if hw.device == "cpu" else hw.device)
+    device = "cpu" if hw.device == "cpu" else hw.device
+    if _processes() > 1 and hw.device == "cuda":
+        # Each process its own GPU; fsdp and zero3 move their shards there from the CPU.
+        device = "cpu" if cfg.strategy in ("fsdp", "zero3") else \
+            f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    model = models.load_model(source, dtype=hardware.weights_dtype(cfg.method, cfg.precision),
+                              quantize_4bit=cfg.method == "qlora", device=device)
     _log(run_dir, tee, f"attention: {fastpath.prepare_model(model)}")
     peft_config = None
     if cfg.method in ("lora", "qlora"):
@@ -272,25 +273,23 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         save_strategy="steps",
         save_steps=int(cfg.save_steps),
         save_total_limit=2,
-        load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
-        logging_steps=1,
+        **stopping.trainer_settings(early),
+        logging_steps=hardware.logging_steps(hw.device, int(cfg.max_steps)),
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=hw.device == "cpu",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # several processes: every trained weight is used
         completion_only_loss=True,
         **fastpath.sft_overrides(),
     )
     callbacks = _make_callbacks(run_dir, stop, int(cfg.max_steps))
-    stopper = None
-    if early:
-        stopper = _EarlyStop(int(cfg.early_stopping_patience), float(cfg.early_stopping_min_delta),
-                             int(cfg.max_steps), float(cfg.early_stopping_loss))
-        callbacks.append(stopper.callback())
+    stopper = stopping.from_config(cfg) if early else None
+    if stopper:
+        callbacks.append(stopping.callback(stopper, stopping.scored_rows(cfg, splits.val), run_dir,
+                                           log=lambda m: _log(run_dir, tee, m)))
     set_seed(cfg.seed)  # the adapters start the same in every run of this config
     trainer = fastpath.trainer_class()(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
@@ -298,6 +297,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
         eval_dataset=Dataset.from_list(to_trl_rows(splits.val)) if has_val else None,
         callbacks=callbacks)
+    if cfg.precision == "fp16":  # loss scaling wants fp32 trained weights (TRL makes QLoRA
+        models.trainable_to_fp32(trainer.model)  # adapters bf16, which a T4 only emulates)
     checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None
     if resume:
         _log(run_dir, tee, f"resuming from {checkpoint.name}" if checkpoint else
@@ -311,19 +312,24 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         abandoned = True  # the stop watchdog gave up waiting for the step to end
     state = trainer.state
     out = run_dir / ("model" if cfg.method == "full" else "adapter")
-    trainer.save_model(str(out))  # with load_best_model_at_end these are the best weights
-    tokenizer.save_pretrained(str(out))
+    _status(run_dir, saving_since=time.time())  # a stop now waits for the save
+    # Every process takes part in saving (sharded weights are gathered), except after a step
+    # abandoned mid-way, when the others may be waiting inside that step.
+    if not (abandoned and _processes() > 1 and cfg.strategy != "ddp"):
+        trainer.save_model(str(out))  # with load_best_model_at_end these are the best weights
+    if _rank() == 0:
+        tokenizer.save_pretrained(str(out))
     if stop.requested_at is not None:
         how = "mid-step" if abandoned or stop.abandoned else "after the step ended"
         reason = (f"stopped by request at step {state.global_step} of {state.max_steps} ({how}); "
                   "resume continues from the latest checkpoint")
-        return runinfo.update_status(run_dir, state="stopped", pid=None, finished=time.time(),
-                                     step=state.global_step, end_reason=reason)
-    reason, best = _end_reason(state, int(cfg.max_steps), stopper)
+        return _status(run_dir, state="stopped", pid=None, finished=time.time(),
+                       step=state.global_step, end_reason=reason, saving_since=None)
+    reason, best = stopping.end_reason(state, int(cfg.max_steps), stopper)
     _log(run_dir, tee, reason)
-    return runinfo.update_status(run_dir, state="completed", pid=None, finished=time.time(),
-                                 step=state.global_step, end_reason=reason, best_step=best,
-                                 result=str(out))
+    return _status(run_dir, state="completed", pid=None, finished=time.time(),
+                   step=state.global_step, end_reason=reason, best_step=best,
+                   result=str(out), saving_since=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,10 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     args = p.parse_args(argv)
     status = run(Path(args.run_dir), resume=args.resume, tee=False)
-    return 0 if status.get("state") in ("completed", "stopped") else 1
+    code = 0 if status.get("state") in ("completed", "stopped") else 1
+    if _processes() > 1:
+        # Everything is saved and written; the interpreter's own exit then sat ~6 s in garbage
+        # collection (2 gloo CPU processes, torch 2.13), past a stop's 10 s budget.
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

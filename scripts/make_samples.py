@@ -158,8 +158,8 @@ def _split(items, k):
     return items[:-k], items[-k:]
 
 
-def write(name, train, test):
-    d = OUT / name
+def write(name, train, test, out=OUT):
+    d = out / name
     d.mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", train), ("test", test)):
         with open(d / f"{split}.jsonl", "w", encoding="utf-8") as f:

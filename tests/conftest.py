@@ -5,7 +5,6 @@ Run: python -m pytest -q
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,11 +21,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The bundled model is prepared once per checkout, not once per test.
 os.environ.setdefault("FINETUNE_MODELS", str(REPO / ".test-cache" / "models"))
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-          "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-
-
 @pytest.fixture(autouse=True)
 def finetune_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -35,44 +29,13 @@ def finetune_home(tmp_path, monkeypatch):
     return home
 
 
-def _sample_text() -> list[str]:
-    texts = []
-    for f in sorted(SAMPLES.glob("*/*.jsonl")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            for m in json.loads(line)["messages"]:
-                texts.append(m["content"])
-    return texts
-
-
 def make_tiny_model(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """A random-init Llama with a small BPE tokenizer (trained on the samples) and ChatML."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from finetune.bench.gpu import random_chat_model
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_sample_text(), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>",
-                                  eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                  unk_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return random_chat_model(out, seed=seed, hidden_size=hidden, intermediate_size=hidden * 2,
+                             num_hidden_layers=layers, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,7 @@ def test_chat_tab_side_by_side_streams_both(run, monkeypatch):
     from finetune.ui import chat_tab
 
     monkeypatch.setenv("FINETUNE_HOME", str(run.parent.parent))  # the page names runs
+    monkeypatch.setattr(chat, "SHOW_EVERY_S", 0.0)  # every piece shown: the tiny model is quick
     import copy
 
     history = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
@@ -150,3 +151,87 @@ def test_a_model_as_it_is_gets_a_repetition_penalty_and_a_tuned_one_none():
     for mode in (chat.TUNED, chat.BOTH):  # the tuned model answers as evaluation scored it
         assert chat.repetition_penalty_for("runs/x", mode) == \
             GenerationSettings().repetition_penalty == 1.0
+
+
+def test_a_qlora_run_answers_on_its_4bit_base_with_the_adapter_beside_it(tiny_model, tmp_path):
+    from finetune import chat, generation
+
+    run = make_run(tmp_path, tiny_model, rows=2, method="qlora")
+    assert chat.resolve_target(run, base=True).four_bit
+    target = chat.resolve_target(run)
+    model, tokenizer = chat.CACHE.get(target)
+    layers = {type(m).__module__ + "." + type(m).__name__ for m in model.modules()}
+    assert "bitsandbytes.nn.modules.Linear4bit" in layers  # the base stays 4-bit
+    assert hasattr(model, "peft_config")  # the adapter is not merged into it
+    answer = "".join(chat.stream_reply(target, [{"role": "user", "content": PROMPT}],
+                                       settings=GenerationSettings(max_new_tokens=4)))
+    assert isinstance(answer, str)
+    # evaluation scores the loss on the same unmerged 4-bit model
+    nll, tokens = generation.completion_nll(model, tokenizer, [([{"role": "user",
+                                                                  "content": PROMPT}], "Clara")])
+    assert tokens > 0 and nll / tokens > 0
+
+
+def test_chat_models_leave_the_gpu_before_a_training_starts_there(run, tiny_model, tmp_path,
+                                                                  monkeypatch):
+    from finetune import chat, hardware, jobs
+
+    chat.CACHE.get(chat.resolve_target(run))
+    assert chat.CACHE.keys()
+    jobs.free_the_gpu()  # on a CPU chat keeps its models while a run trains
+    assert chat.CACHE.keys()
+
+    monkeypatch.setattr(hardware, "detect", lambda: hardware.Hardware(
+        "cuda", "Tesla T4", 15.6, 8, capability=(7, 5)))
+    spawned = []
+
+    class Process:  # the training process is not started: only the order matters here
+        pid = 4242
+
+        def __init__(self, argv, **kw):
+            spawned.append(list(chat.CACHE.keys()))
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", Process)
+    jobs.start(make_run(tmp_path, tiny_model, rows=2))
+    assert spawned == [[]]  # the cache was empty when the training started
+    assert chat.CACHE.keys() == []
+
+
+def test_chat_on_a_busy_gpu_says_which_run_trains_and_what_it_needs(run, monkeypatch):
+    import torch
+
+    from finetune import chat, generation, hardware, jobs
+    from finetune.errors import DeviceMemoryError
+
+    monkeypatch.setattr(jobs, "training_run_name", lambda: "demo-lora")
+    target = chat.resolve_target(run)
+    monkeypatch.setattr(hardware, "inference_settings", lambda: ("cuda", "fp16"))
+    monkeypatch.setattr(hardware, "free_memory_gb", lambda: 0.3)
+    with pytest.raises(DeviceMemoryError, match=r"GPU is busy training run demo-lora: 0.3 GB "
+                                                r"free, tiny-run \(tuned\) needs ~0.\d GB"):
+        chat.CACHE.get(target)
+
+    monkeypatch.setattr(hardware, "inference_settings", lambda: ("cpu", "fp32"))
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # a generator, as generation.stream is
+
+    monkeypatch.setattr(generation, "stream", out_of_memory)
+    with pytest.raises(DeviceMemoryError) as e:
+        list(chat.stream_reply(target, [{"role": "user", "content": PROMPT}]))
+    assert "This answer ran out of memory. A training (run demo-lora) is using the GPU" in \
+        str(e.value) and "fewer new tokens" in str(e.value)
+
+
+def test_a_fast_stream_redraws_the_window_a_few_times_and_ends_with_the_whole_answer(monkeypatch):
+    """A page redraws the whole message per update: a stream of many tiny pieces must not become
+    as many redraws (a busy page then ignores Stop), and the last update is the full answer."""
+    from finetune import chat
+
+    pieces = [f"w{i} " for i in range(400)]
+    monkeypatch.setattr(chat, "stream_reply", lambda *a, **k: iter(pieces))
+    shown = list(chat.chat_turn(None, [], "hi"))
+    assert shown[0] == [{"role": "user", "content": "hi"}]  # the message shows at once
+    assert shown[-1][-1] == {"role": "assistant", "content": "".join(pieces)}
+    assert len(shown) < 20, len(shown)

@@ -90,3 +90,20 @@ def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown setting(s) 'epochz' (did you mean 'epochs'?)" in err
     assert "Traceback" not in err
+
+
+def test_settings_of_several_processes_that_cannot_work_together_are_explained():
+    cfg = config.from_dict({"num_processes": "8", "strategy": "zero3", "num_machines": 2,
+                            "machine_rank": 1, "main_process_ip": "10.0.0.1"})
+    assert (cfg.num_processes, cfg.strategy, cfg.machine_rank) == (8, "zero3", 1)
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({"num_processes": 3, "num_machines": 2, "machine_rank": 2,
+                          "main_process_port": 0, "method": "qlora", "strategy": "fsdp"})
+    msg = str(e.value)
+    assert "main_process_ip: 2 machines need the address of machine 0" in msg
+    assert "main_process_port: 0 (any free port) works on one machine only" in msg
+    assert "machine_rank: 2 is not below num_machines (2)" in msg
+    assert "3 processes cannot be shared evenly by 2 machines" in msg
+    assert "use strategy 'ddp' with qlora" in msg
+    with pytest.raises(ConfigError, match="strategy: 'mpi' is not one of ddp, fsdp, zero2, zero3"):
+        config.from_dict({"strategy": "mpi"})

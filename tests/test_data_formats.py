@@ -91,15 +91,16 @@ def test_text_file_and_text_column(tmp_path):
 
 
 def test_column_mapping_and_forced_format(tmp_path):
-    path = write(tmp_path, "qa.csv", "question,answer\nWhy?,Because.\n")
+    path = write(tmp_path, "qa.csv", "frage,antwort\nWhy?,Because.\n")
     with pytest.raises(DataError) as e:
         data.load(path)
-    assert "prompt=question, completion=answer" in str(e.value)  # the fix is suggested
-    mapping = data.parse_mapping("prompt=question, completion=answer")
+    assert "Map your columns" in str(e.value) and "frage, antwort" in str(e.value)
+    mapping = data.parse_mapping("prompt=frage, completion=antwort")
     loaded = data.load(path, mapping=mapping)
     assert loaded.rows[0]["messages"][-1]["content"] == "Because."
-    with pytest.raises(DataError, match="'qestion' is not a column of qa.csv"):
-        data.load(path, mapping={"prompt": "qestion", "completion": "answer"})
+    assert loaded.mapping == mapping and not loaded.mapping_guessed
+    with pytest.raises(DataError, match="'frag' is not a column of qa.csv"):
+        data.load(path, mapping={"prompt": "frag", "completion": "antwort"})
     # A forced format reads rows as that format even where another would be detected.
     rows = [{"text": "t", "prompt": "p", "completion": "c"}]
     forced = data.load(write(tmp_path, "both.jsonl", jsonl(rows)), fmt="text")
@@ -127,3 +128,41 @@ def test_csv_cell_holding_a_messages_list(tmp_path):
     path = tmp_path / "m.csv"
     pd.DataFrame({"messages": [json.dumps(CHAT)]}).to_csv(path, index=False)
     assert data.load(str(path)).rows == [{"messages": CHAT}]
+
+
+@pytest.mark.parametrize("header, fmt, mapping", [
+    ("question,answer", "prompt_completion", "prompt=question, completion=answer"),
+    ("Query,Response", "prompt_completion", "prompt=Query, completion=Response"),
+    ("input,output", "prompt_completion", "prompt=input, completion=output"),
+    ("prompt,response", "prompt_completion", "prompt=prompt, completion=response"),
+    ("user,assistant", "prompt_completion", "prompt=user, completion=assistant"),
+    ("instruction,response", "alpaca", "instruction=instruction, output=response"),
+    ("instruction,context,response", "alpaca",
+     "instruction=instruction, input=context, output=response"),
+])
+def test_common_column_names_need_no_mapping(tmp_path, header, fmt, mapping):
+    path = write(tmp_path, "d.csv", f"{header}\n" + ",".join(["Q", "A", "B"][:header.count(",") + 1])
+                 + "\n")
+    loaded = data.load(path)
+    assert loaded.format == fmt and loaded.mapping_guessed
+    assert data.formats.mapping_text(loaded.mapping) == mapping
+    assert loaded.rows[0]["messages"][-1]["role"] == "assistant" and loaded.ignored_columns == []
+
+
+def test_the_report_says_which_mapping_it_chose(tmp_path):
+    path = write(tmp_path, "qa.jsonl", jsonl([{"question": "2+2?", "answer": "4", "system_prompt": "Add.",
+                                               "id": 1}]))
+    summary = data.analyze(path).summary
+    assert summary["usable"] and summary["mapping_detected"]
+    assert summary["mapping"] == "prompt=question, completion=answer, system=system_prompt"
+    assert summary["ignored_columns"] == ["id"]
+    assert "mapping:  prompt=question, completion=answer, system=system_prompt (recognised from " \
+           "the column names" in data.format_text(summary)
+    assert data.load(path).rows[0]["messages"] == [
+        {"role": "system", "content": "Add."}, {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"}]
+    # Data already in a known format is read as it is; a mapping given by the user wins.
+    both = write(tmp_path, "both.jsonl", jsonl([{"text": "t", "question": "q", "answer": "a"}]))
+    assert data.load(both).format == "text" and data.load(both).mapping == {}
+    given = data.load(path, mapping={"prompt": "answer", "completion": "question"})
+    assert not given.mapping_guessed and given.rows[0]["messages"][-1]["content"] == "2+2?"

@@ -52,7 +52,7 @@ def plain_cpu(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def make_run(root: Path, model: Path, rows: int = N_ROWS) -> Path:
+def make_run(root: Path, model: Path, rows: int = N_ROWS, method: str = "lora") -> Path:
     """A finished LoRA run on `model` whose test split is `rows` contacts rows. The adapter has
     random weights (training even a tiny model costs more time than these tests may take), so
     the tuned model differs from the base one without being better."""
@@ -72,7 +72,7 @@ def make_run(root: Path, model: Path, rows: int = N_ROWS) -> Path:
     train.write_text("\n".join((SAMPLES / "contacts" / "train.jsonl").read_text()
                                .splitlines()[:24]) + "\n")
     RunConfig(model=str(model), data=str(train), test_data=str(test), val_fraction=0.0,
-              name="tiny-run").save(run / "config.yaml")
+              name="tiny-run", method=method).save(run / "config.yaml")
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     lora = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear", init_lora_weights=False,
@@ -116,8 +116,26 @@ def test_evaluate_run_compares_base_and_tuned(trained_run):
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert any("tuned" in d for _, d in seen)
 
+    # writing systems and answers that never stopped, against the 24 training answers
+    drift = saved["drift"]
+    assert drift["training"]["answers"] == 24 and "Latin" in drift["training"]["scripts"]
+    assert set(drift["models"]) == {"base", "tuned"}
+    assert drift["max_new_tokens"] == saved["max_new_tokens"]
+
+    # the forgetting probe: the shipped questions, answered by both models
+    from finetune import probe
+
+    n_probe = len(probe.questions())
+    assert saved["probe"]["questions"] == n_probe and len(saved["probe"]["items"]) == n_probe
+    for kind in ("base", "tuned"):
+        assert saved["metrics"][kind]["probe"] == saved["probe"]["models"][kind]["score"]
+    assert saved["probe"]["drop"] == pytest.approx(saved["metrics"]["base"]["probe"]
+                                                   - saved["metrics"]["tuned"]["probe"])
+
     # the views the CLI and the Evaluate tab show
     text = evaluate.format_report(saved)
+    assert "Trust:" in text and f"General knowledge (the probe's {n_probe} questions)" in text
+    assert "general knowledge (probe)" in text
     assert "exact match" in text and "valid JSON" in text and "perplexity" in text
     rows = evaluate.metric_rows(saved)
     assert rows[0][0] == "exact match" and len(rows[0]) == 4
@@ -151,6 +169,18 @@ def test_unfinished_run_is_refused_before_loading(tiny_model, tmp_path):
         evaluate.evaluate_run(run, log=lambda *a: None)
 
 
+def test_evaluation_on_a_gpu_busy_training_says_so_before_loading(trained_run, monkeypatch):
+    from finetune import evaluate, hardware, jobs
+    from finetune.errors import DeviceMemoryError
+
+    monkeypatch.setattr(hardware, "inference_settings", lambda: ("cuda", "bf16"))
+    monkeypatch.setattr(hardware, "free_memory_gb", lambda: 0.2)
+    monkeypatch.setattr(jobs, "training_run_name", lambda: "big-full")
+    with pytest.raises(DeviceMemoryError, match=r"GPU is busy training run big-full: 0.2 GB free, "
+                                                r"evaluating the base model needs ~"):
+        evaluate.evaluate_run(trained_run, log=lambda *a: None)
+
+
 def test_cli_eval_json(trained_run, capsys):
     from finetune import cli
 
@@ -176,6 +206,8 @@ def test_evaluate_tab_shows_saved_report_and_filters(trained_run, monkeypatch):
         progress=lambda f, desc=None: calls.append(f))
     metric_rows = metrics.value["data"]
     assert "3" in summary and calls and metric_rows[0][0] == "exact match"
+    assert "**Trust:** General knowledge (the probe's" in summary  # base and tuned on the probe
+    assert any(row[0] == "general knowledge (probe)" for row in metric_rows)
     assert len(example_rows) == 3 and example_rows[0][4] in ("✓", "✗")
 
     # picking the run again shows the saved evaluation without recomputing

@@ -96,3 +96,74 @@ def test_repetition_penalty_reaches_generation(tiny_model):
     pieces = list(generation.stream(model, tok, [{"role": "user", "content": "hi"}], settings))
     assert pieces and used[0].repetition_penalty == 1.3 and used[0].max_new_tokens == 4
     assert used[0].do_sample is False  # temperature 0: greedy
+
+
+def _reference_nll(model, tokenizer, rows, max_length=2048):
+    """The loss as evaluation computed it before: full logits, an fp32 copy, cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    from finetune.generation import completion_ids
+
+    total, count = 0.0, 0
+    for prompt, answer in rows:
+        ids, start = completion_ids(tokenizer, prompt, answer)
+        ids = ids[:max_length]
+        labels = torch.tensor([-100] * start + ids[start:])
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        total += float(F.cross_entropy(logits, labels[1:], ignore_index=-100, reduction="sum"))
+        count += int((labels[1:] != -100).sum())
+    return total, count
+
+
+ROWS = [([{"role": "user", "content": f"Give me item {i} of the list " * (1 + i % 3)}],
+         f"Item {i} is number {i * 7}") for i in range(11)]
+
+
+def test_answer_loss_equals_the_full_logits_computation(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.generation import completion_nll
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    nll, tokens = completion_nll(model, tokenizer, ROWS, batch_size=4)
+    ref_nll, ref_tokens = _reference_nll(model, tokenizer, ROWS)
+    assert tokens == ref_tokens > 0
+    assert abs(nll / tokens - ref_nll / ref_tokens) < 1e-5
+    # the patched head leaves generation as it was
+    from finetune.generation import generate_batch
+
+    assert generate_batch(model, tokenizer, [ROWS[0][0]], 4, batch_size=1)[0] is not None
+
+
+def test_answer_loss_of_a_big_vocabulary_never_builds_the_full_logits(tiny_model):
+    """A 150,000-word vocabulary (Qwen-sized) at batch 4: full logits would take one
+    4 x length x 150,000 fp32 block; the loss pass allocates at most one TRL tile
+    (tokens x 32,768 words) at a time."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from finetune.generation import completion_ids, completion_nll
+    from finetune.hardware import LOSS_TILE_TOKENS, LOSS_TILE_WORDS
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    vocab = 150_000
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1, max_position_embeddings=512,
+                                         tie_word_embeddings=True)).eval()
+    rows = ROWS[:4]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        nll, tokens = completion_nll(model, tokenizer, rows, batch_size=4)
+    largest = max(e.self_cpu_memory_usage for e in prof.events())
+    width = max(len(completion_ids(tokenizer, p, a)[0]) for p, a in rows)
+    full_logits = 4 * (width - 1) * vocab * 4
+    print(f"largest allocation {largest / 2**20:.0f} MB, full logits {full_logits / 2**20:.0f} MB")
+    assert largest < full_logits / 3
+    assert largest <= LOSS_TILE_TOKENS * LOSS_TILE_WORDS * 4
+    ref_nll, ref_tokens = _reference_nll(model, tokenizer, rows)
+    assert tokens == ref_tokens and abs(nll / tokens - ref_nll / ref_tokens) < 1e-5

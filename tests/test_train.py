@@ -45,37 +45,25 @@ def test_lora_run_saves_an_adapter(tiny_model, tiny_data):
     assert adapter["r"] == 4
 
 
-def test_early_stopping_keeps_the_best_checkpoint_and_says_why(tiny_model, tiny_data):
-    # A learning rate this high makes training diverge: validation loss gets worse.
+def test_early_stopping_scores_answers_keeps_the_best_checkpoint_and_says_why(tiny_model,
+                                                                              tiny_data):
+    # A learning rate this high makes training diverge: validation loss gets worse, and the
+    # random model gets no answer right.
     cfg = tiny_config(tiny_model, tiny_data, max_steps=40, eval_steps=2, save_steps=2,
-                      learning_rate=1.0, early_stopping=True, early_stopping_patience=2)
-    status = train.run(jobs.prepare_run(cfg).run_dir)
+                      learning_rate=1.0, early_stopping=True, early_stopping_patience=2,
+                      early_stopping_score="exact_match", early_stopping_score_rows=4)
+    run_dir = jobs.prepare_run(cfg).run_dir
+    status = train.run(run_dir)
     assert status["state"] == "completed"
-    assert status["end_reason"].startswith("validation loss flat at step ")
-    assert "(2 validations in a row)" in status["end_reason"]
+    assert status["end_reason"].startswith("validation answers: 0 of 4 right at step 2, 0 at ")
     assert status["best_step"] < 40 and f"best at step {status['best_step']}" in status["end_reason"]
-
-
-def test_early_stopping_waits_for_a_plateau_not_for_the_first_small_step():
-    # 100 steps, validations every 10 (a tenth): a fall of 0.005 or more counts as progress.
-    stop = train._EarlyStop(patience=2, min_delta=0.005, max_steps=100)
-    # big falls, one small fall (1 of 2), a big fall again (resets), then two small ones
-    for step, loss in zip(range(10, 70, 10), [1.0, 0.5, 0.498, 0.30, 0.299, 0.31]):
-        stopped = stop.check(loss, step)
-    assert stopped and stop.best == 0.299
-    assert stop.reason == ("validation loss flat at step 60 of 100: it fell by 0.0000 since step "
-                           "50, less than the 0.0050 that counts (2 validations in a row); more "
-                           "steps would add little")
-    # Validations further apart must show a bigger fall: 0.008 over two tenths is not enough.
-    once = train._EarlyStop(patience=1, min_delta=0.005, max_steps=100)
-    assert not once.check(0.100, 10) and not once.check(0.094, 20) and once.check(0.086, 40)
-    assert "fell by 0.0080 since step 20, less than the 0.0100" in once.reason
-    # A loss this low stops the run at once, however fast it is still falling.
-    solved = train._EarlyStop(patience=2, min_delta=0.005, max_steps=64, solved_loss=0.01)
-    assert not solved.check(0.5, 8) and not solved.check(0.04, 16) and solved.check(0.0085, 24)
-    assert solved.reason == ("validation loss 0.0085 at step 24 of 64 is below 0.01: the model "
-                             "gives the answer tokens ~99% probability on average; the task is "
-                             "learned")
+    # Each validation's score is in metrics.jsonl, beside the validation loss.
+    scores = [m for m in runinfo.read_metrics(run_dir) if "eval_score" in m]
+    steps = [m["step"] for m in runinfo.read_metrics(run_dir) if "eval_loss" in m]
+    assert [m["step"] for m in scores] == steps and len(steps) >= 3
+    assert all(m["eval_score"] == 0.0 and m["eval_score_rows"] == 4 and
+               m["eval_score_metric"] == "exact_match" for m in scores)
+    assert [s for s, _, _ in runinfo.curves(run_dir)["score"]] == steps
 
 
 def test_bad_data_fails_before_training_with_the_reason(tiny_model, tmp_path):

@@ -143,7 +143,9 @@ def test_every_handler_of_the_app_goes_through_the_guard(finetune_home):
             visitor_names.add(block_fn.name)
     assert visitor_names <= {"show_role", "sign_in", "refresh_targets", "on_target_change",
                              "send", "offer_note", "on_mode", "clear_chat",
-                             "repetition_penalty_for"}
+                             "repetition_penalty_for",
+                             # the blind A/B test: two answers under the chat limits, a vote
+                             "blind_ask", "blind_vote_a", "blind_vote_b", "blind_vote_tie"}
     assert {"send", "show_role", "refresh_targets"} <= visitor_names
 
 
@@ -168,3 +170,48 @@ def test_a_visitors_page_load_shows_no_refusal(finetune_home, monkeypatch):
         assert "Only the owner" in refused.value.message and not refused.value.visible
         checked += 1
     assert checked >= 3  # the Data tab's sample, the Train tab's runs, the pickers
+
+
+def test_the_live_view_says_the_latest_and_the_best_validation_answers():
+    from finetune.ui.train_tab import score_words
+
+    curves = {"score": [(10, 0.5, 16), (20, 0.875, 16), (30, 0.8125, 16)],
+              "score_metric": "exact_match"}
+    assert score_words(curves) == ("validation answers: 13 of 16 right at step 30 (best 14 of 16 "
+                                   "right at step 20)")
+    curves = {"score": [(10, 0.41, 8)], "score_metric": "rouge_l"}
+    assert score_words(curves) == ("validation answers: ROUGE-L 0.41 at step 10 (best ROUGE-L "
+                                   "0.41 at step 10)")
+    assert score_words({"score": [], "score_metric": None}) == ""
+
+
+def test_several_gpu_settings_are_offered_only_with_more_than_one_gpu(monkeypatch):
+    from finetune import config, hardware
+    from finetune.ui import train_tab
+
+    with gr.Blocks() as demo:
+        train_tab.build_train_tab(demo, gr.State(), gr.State())
+    hidden = [b for b in demo.blocks.values() if isinstance(b, gr.Column) and not b.visible]
+    labels = {b.label for col in hidden for b in demo.blocks.values()
+              if getattr(b, "label", None) and _inside(demo, b, col)}
+    assert {"num processes", "strategy"} <= labels  # built from the config, hidden at first
+    assert not {"num machines", "main process ip"} & {getattr(b, "label", None)
+                                                      for b in demo.blocks.values()}
+    on_load = {inspect.unwrap(fn.fn) for fn in demo.fns.values()
+               if any(t[1] == "load" for t in fn.targets)}
+    assert train_tab.offer_several_gpus in on_load
+    for gpus, shown in ((0, False), (1, False), (2, True)):
+        monkeypatch.setattr(hardware, "gpu_count", lambda n=gpus: n)
+        assert train_tab.offer_several_gpus()["visible"] is shown
+    assert config.FIELDS["strategy"].metadata["help"] in {
+        b.info for b in demo.blocks.values() if getattr(b, "label", None) == "strategy"}
+
+
+def _inside(demo, block, parent) -> bool:
+    """Whether block sits (at any depth) inside parent in the page's layout."""
+    node = block
+    while node is not None:
+        if node is parent:
+            return True
+        node = getattr(node, "parent", None)
+    return False

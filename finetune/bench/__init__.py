@@ -3,8 +3,10 @@
     python -m finetune bench                 # hardware, data, chat, train
     python -m finetune bench train --json    # our training against plain TRL, same run
     python -m finetune bench chat --json     # the Chat tab against plain generate, same run
-    python -m finetune bench data            # `data inspect` on 100,000 rows
-    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (~2 h)
+    python -m finetune bench data            # `data inspect` on 100,000 rows; 10,000 files
+    python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (hours)
+    python -m finetune bench defaults --tasks dates,receipts --setups auto,hand-tuned
+    python -m finetune bench gpu --json      # the GPU path end to end (needs a CUDA GPU)
 
 Each benchmark is a function returning a JSON-ready dict; the CLI prints them. Progress lines go
 to stderr, so `--json` output is the results alone.
@@ -60,20 +62,27 @@ def bench_chat(model: str | None = None) -> dict:
 
 
 def bench_data() -> dict:
-    from finetune.bench.data import bench_inspect
+    from finetune.bench.data import bench_data as run
 
-    return bench_inspect()
+    return run()
 
 
-def bench_defaults() -> dict:
+def bench_defaults(tasks: list[str] | None = None, setups: list[str] | None = None) -> dict:
     from finetune.bench.defaults import bench_defaults as run
+
+    return run(tasks, setups, log=log)
+
+
+def bench_gpu() -> dict:
+    from finetune.bench.gpu import bench_gpu as run
 
     return run(log=log)
 
 
 BENCHES = {"hardware": bench_hardware, "data": bench_data, "chat": bench_chat,
-           "train": bench_train, "defaults": bench_defaults}
-QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about two hours
+           "train": bench_train, "defaults": bench_defaults, "gpu": bench_gpu}
+QUICK = ["hardware", "data", "chat", "train"]  # `bench` alone; `defaults` takes about two hours,
+# `gpu` needs a CUDA GPU
 
 
 def check_names(what: list[str]) -> list[str]:
@@ -86,11 +95,14 @@ def check_names(what: list[str]) -> list[str]:
 
 
 def run_one(name: str, options: dict | None = None) -> dict:
-    """One benchmark; `options` (model, data, steps, rounds) go to the train benchmark, the
-    model to the chat benchmark too."""
-    options = options or {}
+    """One benchmark; `options` narrow it: tasks and setups for `defaults`; model, data, steps
+    and rounds for `train`; the model for `chat`."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if name == "defaults":
+        return BENCHES[name](**{k: options[k] for k in ("tasks", "setups") if k in options})
     if name == "train":
-        return bench_train(**options)
+        return bench_train(**{k: options[k] for k in ("model", "data", "steps", "rounds")
+                              if k in options})
     if name == "chat":
         return bench_chat(options.get("model"))
     return BENCHES[name]()

@@ -18,10 +18,30 @@ from finetune.data.readers import RawTable
 from finetune.data.types import FORMAT_HELP, FORMATS, MAPPABLE, ROLES, ProblemLog
 from finetune.errors import DataError
 
-# Columns people often use, and the mapping that makes them one of our formats.
-_COMMON_PAIRS = [("question", "answer"), ("query", "response"), ("input", "output"),
-                 ("prompt", "response"), ("instruction", "response"), ("source", "target"),
-                 ("question", "response"), ("user", "assistant"), ("q", "a"), ("input", "target")]
+# Column names people often use, read without a mapping: the first entry whose columns all exist
+# (compared without case) wins. Each is {field this tool reads: the user's column}; optional
+# columns are added when present. Instruction data with a context column (Dolly) reads as Alpaca.
+COMMON_MAPPINGS = [
+    {"instruction": "instruction", "input": "context", "output": "response"},
+    {"instruction": "instruction", "output": "response"},
+    {"instruction": "instruction", "output": "answer"},
+    {"prompt": "question", "completion": "answer"},
+    {"prompt": "question", "completion": "response"},
+    {"prompt": "query", "completion": "response"},
+    {"prompt": "query", "completion": "answer"},
+    {"prompt": "prompt", "completion": "response"},
+    {"prompt": "prompt", "completion": "answer"},
+    {"prompt": "prompt", "completion": "output"},
+    {"prompt": "input", "completion": "output"},
+    {"prompt": "input", "completion": "target"},
+    {"prompt": "input", "completion": "response"},
+    {"prompt": "source", "completion": "target"},
+    {"prompt": "user", "completion": "assistant"},
+    {"prompt": "human", "completion": "assistant"},
+    {"prompt": "human", "completion": "gpt"},
+    {"prompt": "q", "completion": "a"},
+]
+_OPTIONAL = {"system": ("system", "system_prompt")}
 
 
 MAP_HOW = ("column mapping in the Data tab, --map in `data inspect`, --column-map in `train`")
@@ -35,10 +55,15 @@ def parse_mapping(text: str) -> dict[str, str]:
             continue
         if "=" not in part:
             raise DataError(f"Column mapping '{part.strip()}': write it as field=your_column, "
-                            "e.g. prompt=question, completion=answer.")
+                            "e.g. prompt=ticket, completion=category.")
         key, _, value = part.partition("=")
         mapping[key.strip()] = value.strip()
     return mapping
+
+
+def mapping_text(mapping: dict[str, str]) -> str:
+    """The inverse of parse_mapping: {'prompt': 'question'} -> 'prompt=question'."""
+    return ", ".join(f"{field}={column}" for field, column in mapping.items())
 
 
 REQUIRED = {"messages": ("messages",), "sharegpt": ("conversations",),
@@ -63,12 +88,33 @@ def row_format(row: dict, forced: str | None = None) -> str | None:
     return None
 
 
+def common_mapping(columns: list[str], fmt: str = "auto") -> dict[str, str]:
+    """The mapping that reads common column names (question/answer, query/response, ...) as one
+    of our formats, {} when none fits; with a forced format only a mapping to that format."""
+    lower = {}
+    for column in columns:
+        lower.setdefault(str(column).strip().lower(), column)
+    for candidate in COMMON_MAPPINGS:
+        target = row_format(dict.fromkeys(candidate))
+        if fmt not in ("auto", target) or not all(c in lower for c in candidate.values()):
+            continue
+        mapping = {field: lower[c] for field, c in candidate.items()}
+        for field, names in _OPTIONAL.items():
+            found = next((lower[n] for n in names if n in lower), None)
+            if found is not None and found != field:
+                mapping[field] = found
+        return mapping
+    return {}
+
+
 def normalize(table: RawTable, fmt: str, mapping: dict | None, system_prompt: str,
-              log: ProblemLog) -> tuple[list[dict], str, dict]:
-    """(normalized rows, format, skipped counts); row problems go to `log`."""
+              log: ProblemLog) -> tuple[list[dict], str, dict, dict]:
+    """(normalized rows, format, skipped counts, the mapping chosen from common column names or
+    {}); row problems go to `log`."""
     if fmt not in ["auto"] + FORMATS:
         raise DataError(f"Unknown data format '{fmt}'; choose auto or one of {', '.join(FORMATS)}.")
-    rows = _apply_mapping(table, {k: v for k, v in (mapping or {}).items() if v})
+    mapping = {k: v for k, v in (mapping or {}).items() if v}
+    rows = _apply_mapping(table, mapping)
     forced = None if fmt == "auto" else fmt
     kinds = []
     for i, row in enumerate(rows):
@@ -78,9 +124,17 @@ def normalize(table: RawTable, fmt: str, mapping: dict | None, system_prompt: st
             kinds.append("not-an-object")
             log.add("error", "not an object", f"{table.where(i)}: expected a JSON object "
                     f"({{\"messages\": [...]}}), got {_kind(row)}. Row skipped.")
+    # Rows in no known format may use common column names: read those as the names they stand for.
+    guessed = common_mapping(table.columns, fmt) if not mapping and None in kinds else {}
+    if guessed:
+        rows = list(rows)
+        for i, kind in enumerate(kinds):
+            if kind is None:
+                rows[i] = _rename(rows[i], guessed)
+                kinds[i] = row_format(rows[i], forced)
     counts = Counter(k for k in kinds if k in FORMATS)
     if not any(k != "not-an-object" for k in kinds):
-        return [], fmt, {"invalid": len(kinds)} if kinds else {}  # the log says why
+        return [], fmt, {"invalid": len(kinds)} if kinds else {}, guessed  # the log says why
     if fmt == "auto":
         if not counts:
             raise DataError(_unknown_columns(table))
@@ -114,7 +168,7 @@ def normalize(table: RawTable, fmt: str, mapping: dict | None, system_prompt: st
         if "messages" in result:
             _add_system(result["messages"], row.get("system"), system_prompt)
         out.append(result)
-    return out, fmt, dict(skipped)
+    return out, fmt, dict(skipped), guessed
 
 
 # --- per-format converters: return a normalized row, None for an empty row, or raise _Skip ------
@@ -277,15 +331,15 @@ def _apply_mapping(table: RawTable, mapping: dict) -> list:
     if missing:
         raise DataError(f"Column mapping: {', '.join(map(repr, missing))} is not a column of "
                         f"{table.label}; its columns are {', '.join(table.columns) or 'none'}.")
-    renamed = []
-    for row in table.rows:
-        if isinstance(row, dict):
-            row = dict(row)
-            for field, column in mapping.items():
-                if column in row:
-                    row[field] = row.pop(column)
-        renamed.append(row)
-    return renamed
+    return [_rename(row, mapping) if isinstance(row, dict) else row for row in table.rows]
+
+
+def _rename(row: dict, mapping: dict) -> dict:
+    row = dict(row)
+    for field, column in mapping.items():
+        if column in row:
+            row[field] = row.pop(column)
+    return row
 
 
 def _unknown_columns(table: RawTable, forced: str | None = None) -> str:
@@ -297,10 +351,5 @@ def _unknown_columns(table: RawTable, forced: str | None = None) -> str:
         head = f"{table.label}: no known data format in the columns found ({found})."
     expected = "; ".join(FORMAT_HELP[f] for f in FORMATS)
     text = f"{head} Expected one of: {expected}."
-    lower = {c.lower(): c for c in table.columns}
-    for q, a in _COMMON_PAIRS:
-        if q in lower and a in lower:
-            return (f"{text} Map your columns ({MAP_HOW}): prompt={lower[q]}, "
-                    f"completion={lower[a]}.")
-    return (f"{text} Map your columns to these names ({MAP_HOW}), e.g. prompt=question, "
-            "completion=answer.")
+    return (f"{text} Map your columns to these names ({MAP_HOW}), e.g. prompt=ticket, "
+            "completion=category.")

@@ -5,14 +5,15 @@
 
 from __future__ import annotations
 
-from finetune.data import formats, readers
+from finetune.data import archives, formats, readers
 from finetune.data.types import Loaded, ProblemLog
 from finetune.errors import DataError
 
 
 def load(source: str, fmt: str = "auto", mapping: dict | None = None,
          system_prompt: str = "") -> Loaded:
-    """Normalized rows of `source` (file path, sample:NAME, or Hub id owner/name[:config][@split]).
+    """Normalized rows of `source`: a file path, a folder or an archive of files, sample:NAME, or
+    a Hub id owner/name[:config][@split].
 
     Raises DataError when nothing usable can be read; otherwise row-level problems are listed in
     Loaded.problems ("error": the data should be fixed before training; "warning": rows skipped).
@@ -20,9 +21,10 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
     fmt = (fmt or "auto").strip().lower()
     try:
         log = ProblemLog(source)
-        table = readers.read(source, log)
+        table = (archives.read(source, log) if archives.is_collection(source)
+                 else readers.read(source, log))
         log.source = table.label
-        rows, fmt_used, skipped = formats.normalize(table, fmt, mapping, system_prompt, log)
+        rows, fmt_used, skipped, guessed = formats.normalize(table, fmt, mapping, system_prompt, log)
     except DataError:
         raise
     except (MemoryError, KeyboardInterrupt):
@@ -34,6 +36,11 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
     if invalid_json:
         skipped = {"invalid JSON": invalid_json, **skipped}
     problems = log.problems()
+    if not rows and table.files is not None and not table.files["read_total"]:
+        first = "\n  - ".join(p.message for p in problems[:6])
+        raise DataError(f"{table.label}: no data file could be read in it "
+                        f"({len(table.files['not_read'])} files not read). Files read: "
+                        f"{', '.join(archives.MEMBER_TYPES)}." + (f"\n  - {first}" if first else ""))
     if not rows:
         reasons = "; ".join(f"{n} {why}" for why, n in skipped.items()) or "no rows"
         first = "\n  - ".join(p.message for p in problems[:6])
@@ -41,4 +48,5 @@ def load(source: str, fmt: str = "auto", mapping: dict | None = None,
                         + (f"\n  - {first}" if first else ""))
     return Loaded(rows=rows, format=fmt_used, source=source, columns=list(table.columns),
                   problems=problems, n_raw=n_raw, detected=(fmt == "auto"), skipped=skipped,
-                  mapping={k: v for k, v in (mapping or {}).items() if v})
+                  mapping=guessed or {k: v for k, v in (mapping or {}).items() if v},
+                  mapping_guessed=bool(guessed), files=table.files)

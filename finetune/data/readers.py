@@ -16,11 +16,14 @@ from typing import Callable
 
 import orjson
 
+from finetune.data import documents
 from finetune.data.types import ProblemLog
 from finetune.errors import DataError
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
-FILE_TYPES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"]
+FILE_TYPES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md", ".pdf", ".docx"]
+# Read by finetune.data.archives as one table (a folder is read the same way).
+ARCHIVE_TYPES = [".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"]
 _HUB_ID = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.:%\[\]-]+))?$")
 
 
@@ -30,6 +33,7 @@ class RawTable:
     columns: list[str]
     label: str  # how messages name the source: a file name, sample:NAME, a Hub id
     where: Callable[[int], str] = field(default=lambda i: f"row {i + 1}")
+    files: dict | None = None  # a folder or archive: files read per kind, and those not read
 
 
 # --- samples ----------------------------------------------------------------------------------
@@ -65,20 +69,19 @@ def read(source: str, log: ProblemLog) -> RawTable:
     path = Path(source).expanduser()
     if path.is_file():
         return read_file(path, log)
-    if path.is_dir():
-        raise DataError(f"{source} is a folder; point to one data file "
-                        f"({', '.join(FILE_TYPES)}).")
     if is_hub_id(source):
         match = _HUB_ID.match(source)
         return read_hub(match["repo"], match["config"], match["split"])
     raise DataError(f"File {source} does not exist. Give a path to a data file "
-                    f"({', '.join(FILE_TYPES)}), sample:NAME, or a Hub id such as 'owner/name'.")
+                    f"({', '.join(FILE_TYPES)}), a folder or an archive ({', '.join(ARCHIVE_TYPES)}), "
+                    "sample:NAME, or a Hub id such as 'owner/name'.")
 
 
 def is_hub_id(source: str) -> bool:
     """Whether `source` reads as a Hub dataset id (owner/name[:config][@split]), not a file."""
     path = Path(source)
     return bool(_HUB_ID.match(source)) and path.suffix.lower() not in FILE_TYPES \
+        and not source.lower().endswith(tuple(ARCHIVE_TYPES)) \
         and not source.startswith((".", "/", "~")) and not path.exists()
 
 
@@ -86,15 +89,30 @@ def read_file(path: Path, log: ProblemLog) -> RawTable:
     suffix = path.suffix.lower()
     label = path.name
     if suffix == ".parquet":
-        return _read_parquet(path)
+        return read_parquet(path, label)
+    if suffix in documents.TYPES:
+        return document_table(path.read_bytes(), label)
     if suffix not in FILE_TYPES + [".ndjson", ""]:
         raise DataError(f"{label}: files of type '{suffix}' are not supported; use "
-                        f"{', '.join(FILE_TYPES)}.")
-    text = decode(path.read_bytes(), label)
+                        f"{', '.join(FILE_TYPES)}, or a folder or an archive "
+                        f"({', '.join(ARCHIVE_TYPES)}) of such files.")
+    return read_text(decode(path.read_bytes(), label), label, suffix, log)
+
+
+def document_table(data: bytes, label: str) -> RawTable:
+    """A PDF or DOCX file: one row of its text."""
+    return RawTable([{"text": documents.text(data, label)}], ["text"], label, lambda i: label)
+
+
+def read_text(text: str, label: str, suffix: str, log) -> RawTable:
+    """The rows of a text file's content, by its type: CSV/TSV, TXT (a document a line), JSON
+    or JSONL. `log` takes the problems of single lines."""
     if suffix in (".csv", ".tsv"):
         return _read_csv(text, label, "\t" if suffix == ".tsv" else ",")
     if suffix == ".txt":
         return _read_txt(text, label)
+    if suffix == ".md":  # a document: one row of its whole text
+        return RawTable([{"text": text.strip()}], ["text"], label, lambda i: label)
     if suffix == "" and not text.lstrip().startswith(("{", "[")):
         raise DataError(f"{label} has no file extension and does not look like JSON; name it "
                         f"with one of {', '.join(FILE_TYPES)}.")
@@ -122,7 +140,7 @@ def decode(data: bytes, label: str) -> str:
 # --- formats on disk --------------------------------------------------------------------------
 
 
-def _read_json(text: str, label: str, log: ProblemLog) -> RawTable:
+def _read_json(text: str, label: str, log) -> RawTable:
     stripped = text.lstrip()
     if stripped.startswith("["):
         return _json_document(text, label)
@@ -172,6 +190,11 @@ def _json_value(value, label: str) -> RawTable:
     if not isinstance(value, list):
         raise DataError(f"{label} holds a single {type(value).__name__} where a list of rows was "
                         "expected: use a JSON array of objects or JSONL.")
+    return json_rows(value, label)
+
+
+def json_rows(value: list, label: str) -> RawTable:
+    """The rows of a JSON array."""
     return RawTable(value, _columns(value), label, lambda i: f"item {i + 1}")
 
 
@@ -208,17 +231,18 @@ def _read_txt(text: str, label: str) -> RawTable:
     return RawTable(rows, ["text"], label, lambda i: f"line {numbers[i]}")
 
 
-def _read_parquet(path: Path) -> RawTable:
+def read_parquet(source, label: str) -> RawTable:
+    """A Parquet file: a path, or a file object holding its bytes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(source)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path.name}: not a readable Parquet file ({e}).") from None
+        raise DataError(f"{label}: not a readable Parquet file ({e}).") from None
     if table.num_rows == 0:
-        raise DataError(f"{path.name} is empty (a Parquet file with 0 rows).")
-    return RawTable(table.to_pylist(), table.column_names, path.name)
+        raise DataError(f"{label} is empty (a Parquet file with 0 rows).")
+    return RawTable(table.to_pylist(), table.column_names, label)
 
 
 # --- the Hub ----------------------------------------------------------------------------------

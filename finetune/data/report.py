@@ -1,18 +1,21 @@
 """One pass over a source for people: load, clean, measure, and a summary of what was understood.
 
-Shared by `python -m finetune data inspect` and the Data tab, so both say the same things.
+Shared by `python -m finetune data inspect`, `data export` and the Data tab, so all say the same.
 
     python -m finetune data inspect my.jsonl --json
+    python -m finetune data export my_files.zip --out cleaned.jsonl
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from finetune.data import clean
+from finetune.data import checks, clean
 from finetune.data.loader import load
-from finetune.data.formats import parse_mapping
+from finetune.data.readers import write_jsonl
+from finetune.data.formats import mapping_text, parse_mapping
 from finetune.data.stats import length_stats
 from finetune.data.tokens import TokenCounter
 from finetune.data.types import FORMAT_HELP, Loaded, Problem
@@ -58,12 +61,17 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
     if not rows:
         problems.append(Problem("error", f"{source}: no rows are left after cleaning "
                                          f"({dropped} longer than {max_length} tokens dropped)."))
+    found = checks.before_training(rows, counter, max_length, None, lengths) if rows else []
+    problems += [Problem(c.level, c.message) for c in found if c.level != "ok"]
     summary = {
         "source": source,
         "format": loaded.format,
         "format_detected": loaded.detected,
         "format_help": FORMAT_HELP[loaded.format],
         "columns": loaded.columns,
+        "files": loaded.files,
+        "mapping": mapping_text(loaded.mapping),
+        "mapping_detected": loaded.mapping_guessed,
         "ignored_columns": loaded.ignored_columns,
         "rows": {"read": loaded.n_raw, "usable": len(loaded.rows), "duplicates": duplicates,
                  "empty": loaded.skipped.get("empty", 0),
@@ -72,6 +80,7 @@ def analyze(source: str, fmt: str = "auto", mapping: dict | None = None, system_
         "masked": masked,
         "tokens": tokens,
         "problems": [{"level": p.level, "message": p.message} for p in problems],
+        "checks": [c.as_dict() for c in found],
         "usable": bool(rows) and not any(p.level == "error" for p in problems),
     }
     return Analysis(loaded, rows, lengths, summary)
@@ -84,6 +93,15 @@ def long_rows_message(longer: int, total: int, max_length: int, longest: int) ->
             "'Drop rows longer than the max length').")
 
 
+def files_line(files: dict) -> str:
+    """'10000 read (9998 .json, 2 .txt), 3 not read (listed under problems)'."""
+    kinds = ", ".join(f"{n} {kind}" for kind, n in files["read"].items())
+    line = f"{files['read_total']} read" + (f" ({kinds})" if kinds else "")
+    if files["not_read"]:
+        line += f", {len(files['not_read'])} not read (each listed under problems)"
+    return line
+
+
 def error_summary(source: str, message: str) -> dict:
     return {"source": source, "usable": False,
             "problems": [{"level": "error", "message": message}]}
@@ -94,16 +112,41 @@ def inspect_summary(path: str, fmt: str = "auto", max_length: int | None = None,
     """What `data inspect` prints: the summary of analyze(), or the reason nothing could be read.
     Never downloads: without a `counter`, the default model's tokenizer counts when it is already
     prepared, and counts are estimated otherwise (the summary says which)."""
-    if counter is None:
-        from finetune import models
-        from finetune.config import DEFAULT_MODEL
-
-        counter = TokenCounter(models.model_files(DEFAULT_MODEL))
     try:
         mapping = parse_mapping(column_map) if column_map else None
-        return analyze(path, fmt, mapping=mapping, max_length=max_length, counter=counter).summary
+        return analyze(path, fmt, mapping=mapping, max_length=max_length,
+                       counter=counter or default_counter()).summary
     except DataError as e:
         return error_summary(path, str(e))
+
+
+def default_counter() -> TokenCounter:
+    """The default model's tokenizer when it is already prepared, an estimate otherwise."""
+    from finetune import models
+    from finetune.config import DEFAULT_MODEL
+
+    return TokenCounter(models.model_files(DEFAULT_MODEL))
+
+
+def export(source: str, out: str, fmt: str = "auto", column_map: str = "",
+           mask_emails: bool = False, mask_phones: bool = False, max_length: int | None = None,
+           drop_long: bool = False) -> dict:
+    """`data export`: the rows of `source`, normalized ({"messages": [...]} or {"text": ...}) and
+    cleaned as inspect and the Data tab show them, written to `out` as JSONL. Returns the
+    summary with the path written; DataError when the data still has errors (each named)."""
+    if drop_long and not max_length:
+        raise DataError("Dropping long rows needs a max length (--max-length N).")
+    mapping = parse_mapping(column_map) if column_map else None
+    analysis = analyze(source, fmt, mapping=mapping, max_length=max_length,
+                       mask_emails=mask_emails, mask_phones=mask_phones, drop_long=drop_long,
+                       counter=default_counter() if max_length else TokenCounter(None))
+    errors = [p["message"] for p in analysis.summary["problems"] if p["level"] == "error"]
+    if errors:
+        listed = "\n  - ".join(errors[:8])
+        raise DataError(f"{source} has {len(errors)} problem(s) to fix before it can be exported "
+                        f"(nothing was written):\n  - {listed}")
+    write_jsonl(analysis.rows, Path(out).expanduser())
+    return {**analysis.summary, "written": str(out)}
 
 
 def format_text(summary: dict) -> str:
@@ -115,6 +158,12 @@ def format_text(summary: dict) -> str:
         ignored = summary["ignored_columns"]
         lines.append(f"columns:  {', '.join(summary['columns'])}"
                      + (f"  (ignored: {', '.join(ignored)})" if ignored else ""))
+        if summary.get("mapping"):
+            how = ("recognised from the column names; --map changes it"
+                   if summary["mapping_detected"] else "as given with --map")
+            lines.append(f"mapping:  {summary['mapping']} ({how})")
+        if summary.get("files"):
+            lines.append(f"files:    {files_line(summary['files'])}")
         r = summary["rows"]
         lines.append(f"rows:     {r['read']} read, {r['usable']} usable, {r['kept']} after cleaning")
         lines.append(f"cleaning: {r['duplicates']} exact duplicates removed, {r['empty']} empty "
@@ -132,6 +181,9 @@ def format_text(summary: dict) -> str:
             lines.append(f"          {t['longer']} rows longer than --max-length {t['max_length']}")
         else:
             lines.append("          (--max-length N counts the rows that would be truncated)")
+    for c in summary.get("checks", []):
+        if c["level"] == "ok":
+            lines.append(f"check:    {c['name']}: {c['message']}")
     problems = summary["problems"]
     lines.append(f"problems: {len(problems) or 'none'}")
     lines += [f"  {p['level'].upper()}: {p['message']}" for p in problems]

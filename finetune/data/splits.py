@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from finetune.data import clean
+from finetune.data import checks, clean, mix
 from finetune.data.formats import parse_mapping
 from finetune.data.loader import load
 from finetune.data.readers import sample_path
@@ -108,7 +108,16 @@ def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
         val = None
         holdouts.append(val_fraction)
         sources["val"] = f"{val_fraction:.0%} held out from {cfg.data} (seed {cfg.seed})"
-    parts = split_rows(rows, holdouts, cfg.seed)
+    balanced = None
+    if getattr(cfg, "balance_labels", False):
+        # Test rows first (the same rows as without balancing), then the rest balanced, then
+        # the validation rows from what is left: validation watches the balanced mix.
+        if test is None:
+            test, rows = split_rows(rows, [holdouts.pop(0)], cfg.seed)
+        rows, balanced = checks.balance(rows, cfg.seed)
+        parts = split_rows(rows, holdouts, cfg.seed)
+    else:
+        parts = split_rows(rows, holdouts, cfg.seed)
     train = parts[-1]
     if test is None:
         test = parts.pop(0)
@@ -119,6 +128,10 @@ def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
         raise DataError(f"No training rows are left from {cfg.data} ({len(rows)} usable rows, "
                         f"{overlap} also in the validation/test data). Add rows, or lower "
                         "val_fraction/test_fraction.")
+    mixed = None
+    if getattr(cfg, "mix_general", 0):
+        train, mixed = mix.add_general(train, float(cfg.mix_general), cfg.seed, cfg.mix_data,
+                                       cfg.system_prompt)
     report = {
         "format": loaded.format,
         "counts": {"train": len(train), "val": len(val), "test": len(test)},
@@ -128,5 +141,7 @@ def split(loaded: Loaded, cfg, val_fraction: float) -> Splits:
                      "skipped": sum(n for k, n in loaded.skipped.items() if k != "empty"),
                      "in_val_or_test": overlap},
         "warnings": [p.message for p in loaded.problems if p.level == "warning"],
+        "balanced": balanced,
+        "mixed": mixed,
     }
     return Splits(train=train, val=val, test=test, report=report)

@@ -37,6 +37,7 @@ class TokenCounter:
     def __init__(self, tokenizer_dir: str | Path | None = None):
         self.tokenizer = None
         self.template = None
+        self.folder = Path(tokenizer_dir) if tokenizer_dir is not None else None  # the model's
         self.bos = self.eos = ""
         self._overhead: dict[tuple, int] = {}
         self.estimated_rows = 0
@@ -175,24 +176,35 @@ class TokenCounter:
         template; otherwise ChatML text split by estimated characters."""
         if self.tokenizer is None or not self.template:
             return _render_estimate(row, max_length)
-        if "text" in row:
-            ids = self._ids(row["text"]) + self._ids(self.eos)
-            prompt_len = 0
-        else:
-            prompt, answer = prompt_and_answer(row)
-            prompt_ids = self._ids(self._render(prompt, add_generation_prompt=True))
-            ids = self._ids(self._render(prompt + [{"role": "assistant", "content": answer}]))
-            prompt_len = 0
-            while prompt_len < min(len(ids), len(prompt_ids)) and \
-                    ids[prompt_len] == prompt_ids[prompt_len]:
-                prompt_len += 1
+        ids, _, prompt_len = self.token_ids(row)
         cut = len(ids) if not max_length else min(len(ids), max_length)
         bounds = [(0, min(prompt_len, cut), None), (min(prompt_len, cut), cut, "loss"),
                   (cut, len(ids), "cut")]
-        spans = [(self.tokenizer.decode(ids[a:b], skip_special_tokens=False), label)
-                 for a, b, label in bounds if b > a]
+        spans = [(self.decode(ids[a:b]), label) for a, b, label in bounds if b > a]
         return {"spans": spans, "tokens": len(ids), "loss_tokens": max(0, cut - prompt_len),
                 "truncated": len(ids) - cut, "exact": True}
+
+    def token_ids(self, row: dict) -> tuple[list[int], list[int], int]:
+        """(ids of the row as training renders it, ids of its prompt as chat and evaluation send
+        it, where the loss starts). The loss starts where the two part (TRL's
+        `common_prefix_length`), and runs to the end of the row. Needs a tokenizer and a
+        template. Text rows: the text plus EOS, all of it carrying loss."""
+        if "text" in row:
+            return self._ids(row["text"]) + self._ids(self.eos), [], 0
+        prompt, answer = prompt_and_answer(row)
+        prompt_ids = self._ids(self._render(prompt, add_generation_prompt=True))
+        ids = self._ids(self._render(prompt + [{"role": "assistant", "content": answer}]))
+        start = 0
+        while start < min(len(ids), len(prompt_ids)) and ids[start] == prompt_ids[start]:
+            start += 1
+        return ids, prompt_ids, start
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def token_id(self, token: str) -> int | None:
+        """The id of one token (e.g. the EOS string), None when the vocabulary lacks it."""
+        return self.tokenizer.token_to_id(token) if self.tokenizer is not None and token else None
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids

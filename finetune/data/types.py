@@ -60,6 +60,8 @@ class Loaded:
     detected: bool = True  # False when the format was forced
     skipped: dict = field(default_factory=dict)  # reason -> rows left out while normalizing
     mapping: dict = field(default_factory=dict)  # field this tool reads -> the user's column
+    mapping_guessed: bool = False  # True when `mapping` was chosen from common column names
+    files: dict | None = None  # a folder or archive: {"read": {kind: n}, "read_total", "not_read"}
 
     @property
     def errors(self) -> list[Problem]:
@@ -84,6 +86,7 @@ class ProblemLog:
 
     def __init__(self, source: str):
         self.source = source
+        self.joiner = " "  # between the source and a message; "/" for a file in a folder or archive
         self._by_kind: dict[tuple[str, str], list[str]] = defaultdict(list)
         self._order: list[tuple[str, str]] = []
         self._summary: dict[tuple[str, str], str] = {}
@@ -105,7 +108,7 @@ class ProblemLog:
             level, kind = key
             messages = self._by_kind[key]
             shown = messages if len(messages) <= MAX_EXAMPLES else messages[:MAX_EXAMPLES - 1]
-            out += [Problem(level, f"{self.source} {m}") for m in shown]
+            out += [Problem(level, f"{self.source}{self.joiner}{m}") for m in shown]
             rest = len(messages) - len(shown)
             if rest:
                 what = self._summary.get(key, kind)

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from finetune import chat, runinfo
+from finetune import chat, runinfo, votes
 from finetune.config import GENERATION_FIELDS, GenerationSettings
 from finetune.models import BUNDLED_NAME
 from finetune.ui.common import (BUNDLED_CHOICE, chat_choices, picker, refresh_triggers,
@@ -21,6 +21,9 @@ from finetune.ui.common import (BUNDLED_CHOICE, chat_choices, picker, refresh_tr
 from finetune.ui.guard import for_visitors
 
 MODES = [("Tuned", chat.TUNED), ("Base", chat.BASE), ("Side by side", chat.BOTH)]
+BLIND_ASK = "Which answer is better? One of them is the base model's, the other the tuned one's."
+BLIND_THANKS = ("Vote saved with the run (the Evaluate tab tallies the votes). Type another "
+                "message for a new pair.")
 NO_RUN_HINT = ("No finished run yet: train one in the **Train** tab. Meanwhile you can chat with "
                f"the bundled {BUNDLED_NAME} as it is.")
 
@@ -90,6 +93,32 @@ def clear_chat():
     return "", [], [], []
 
 
+@for_visitors
+@user_errors
+def blind_ask(message: str, choice: str | None, system: str, *generation, caller=None):
+    """The blind test: both answers of the picked run, shown as A and B in a hidden order (the
+    pair stays in the page's server-side state until it gets its vote)."""
+    settings = GenerationSettings.from_dict(dict(zip(GENERATION_FIELDS, generation)),
+                                            source="Generation settings")
+    rules = (caller.who, caller.gate, caller.client) if caller else (None, None, "")
+    pair = votes.ask(choice, message, system, settings, *rules)
+    first, second = votes.shown(pair)
+    return pair, first, second, BLIND_ASK
+
+
+def blind_vote(pick: str):
+    """The handler of one vote button: saves the vote with the run; the pair is spent."""
+
+    @for_visitors
+    @user_errors
+    def vote(pair: dict | None, caller=None):
+        votes.record(pair, pick, by="owner" if _owner(caller) else "visitor")
+        return None, BLIND_THANKS
+
+    vote.__name__ = f"blind_vote_{pick.lower()}"
+    return vote
+
+
 def generation_widgets() -> list[gr.components.Component]:
     """One widget per GenerationSettings field, in field order, from its metadata: sliders in a
     row, then the stop strings box."""
@@ -139,6 +168,21 @@ def build_chat_tab() -> None:
                             info="Filled in with the one the run trained with; the model answers "
                             "best with the same one.")
         generation = generation_widgets()
+    with gr.Accordion("Blind test: which answer is better?", open=False):
+        gr.Markdown("Ask the picked run something: its base and tuned models both answer, shown "
+                    "as **A** and **B** in an order you cannot see. Pick the better one (or a "
+                    "tie); the votes are saved with the run and tallied in the Evaluate tab.")
+        with gr.Row():
+            blind_message = gr.Textbox(placeholder="A message for both models", show_label=False,
+                                       scale=6)
+            blind_btn = gr.Button("Get two answers", scale=1, min_width=120)
+        with gr.Row():
+            answer_a = gr.Textbox(label="Answer A", lines=6, interactive=False)
+            answer_b = gr.Textbox(label="Answer B", lines=6, interactive=False)
+        with gr.Row():
+            vote_buttons = {pick: gr.Button(label, min_width=80) for pick, label in
+                            (("A", "A is better"), ("tie", "Tie"), ("B", "B is better"))}
+        blind_note = gr.Markdown("")
     gr.Markdown("**Next:** happy with the answers? The tuned weights are in the run directory "
                 "(`runs/<run>/adapter/`, loadable with PEFT); otherwise train again with more or "
                 "cleaner data.")
@@ -157,6 +201,13 @@ def build_chat_tab() -> None:
     penalty = generation[list(GENERATION_FIELDS).index("repetition_penalty")]
     gr.on([target.change, mode.change], for_visitors(chat.repetition_penalty_for), [target, mode],
           penalty)
+    pair = gr.State(None)  # the blind pair awaiting its vote: which is which stays here
+    blind_inputs = [blind_message, target, system, *generation]
+    gr.on([blind_btn.click, blind_message.submit], blind_ask, blind_inputs,
+          [pair, answer_a, answer_b, blind_note], api_name="blind_ask")
+    for pick, button in vote_buttons.items():
+        button.click(blind_vote(pick), pair, [pair, blind_note],
+                     api_name=f"blind_vote_{pick.lower()}")
     seen = gr.State([])  # the choices this page offered, so a new run is picked when it appears
     gr.on(refresh_triggers(refresh), refresh_targets, [target, seen], [target, seen, hint]).then(
         for_visitors(chat.repetition_penalty_for), [target, mode], penalty)

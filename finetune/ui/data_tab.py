@@ -30,6 +30,12 @@ def understood_markdown(summary: dict, split_report: dict | None, state: dict | 
     how = "detected" if summary["format_detected"] else "as you chose"
     lines = [f"**Source:** `{summary['source']}`",
              f"**Format:** {summary['format']} ({how}): {summary['format_help']}."]
+    if summary.get("files"):
+        lines.append(f"**Files:** {data.files_line(summary['files'])}.")
+    if summary.get("mapping"):
+        how = ("recognised from their names; the *Column mapping* box changes it"
+               if summary["mapping_detected"] else "your column mapping")
+        lines.append(f"**Columns read as:** `{summary['mapping']}` ({how}).")
     if summary["ignored_columns"]:
         lines.append(f"**Ignored columns:** {', '.join(summary['ignored_columns'])}")
     lines.append(f"**Rows:** {r['read']} read, {r['usable']} usable, **{r['kept']}** after cleaning "
@@ -49,6 +55,8 @@ def understood_markdown(summary: dict, split_report: dict | None, state: dict | 
         lines.append(f"**Split:** train **{c['train']}**, validation **{c['val']}** ({s['val']}), "
                      f"test **{c['test']}** ({s['test']}). The Train tab's val_fraction and "
                      "test_fraction can change the held-out shares.")
+    lines += [f"**{c['name'].capitalize()}:** {c['message']}." for c in summary.get("checks", [])
+              if c["level"] == "ok"]  # warnings and errors are in the problems panel
     if state:
         lines.append(f"**The Train tab will use:** `{state['data']}` (format {state['data_format']}).")
     return "  \n".join(lines)
@@ -146,8 +154,16 @@ def show(source, fmt, mapping_text, mask_emails, mask_phones, drop_long, max_len
     spans, info = render(a.rows, 1, view.max_length, view.counter)
     return (view_markdown(view), problem_spans(a.summary["problems"]),
             histogram_plot(a.lengths, view.max_length), table_frame(a.rows, a.lengths),
-            {"rows": a.rows, "cut": view.max_length}, gr.update(value=1, maximum=max(1, len(a.rows))),
+            {"rows": a.rows, "cut": view.max_length, "usable": a.summary["usable"]},
+            gr.update(value=1, maximum=max(1, len(a.rows))),
             spans, info, view.train_source or (current if current else gr.update()))
+
+
+@user_errors
+def download(rows_state, source):
+    """The rows shown, normalized and cleaned, as a JSONL file to keep."""
+    rows_state = rows_state or {}
+    return preview.cleaned_file(rows_state.get("rows", []), source, rows_state.get("usable", False))
 
 
 def show_default():
@@ -178,14 +194,17 @@ def build_data_tab(data_state: gr.State, model_state: gr.State) -> None:
     """The tab; `data_state` carries what the Train tab trains on, `model_state` the Train tab's
     model (lengths are counted with its tokenizer, the auto max length is cut for it)."""
     gr.Markdown("Start with a bundled sample, or bring your own data: a file (JSONL, JSON, CSV, "
-                "TSV, Parquet, or TXT with one document per line) or a Hugging Face dataset id. "
+                "TSV, Parquet, or TXT with one document per line); several files or an archive "
+                "(zip, tar, tar.gz) of them, with one example per .json file and one document "
+                "per .txt or .md file; or a Hugging Face dataset id. "
                 "Chat rows (`messages`, ShareGPT `conversations`), Alpaca "
                 "(`instruction`/`input`/`output`), `prompt`/`completion` and raw `text` are "
                 "recognised on their own.")
     with gr.Row():
         sample = gr.Dropdown(data.sample_names(), value=DEFAULT_DATA.removeprefix("sample:"),
                              label="Bundled sample", scale=1)
-        upload = gr.File(label="Upload a file", file_types=data.FILE_TYPES, scale=2)
+        upload = gr.File(label="Upload files or an archive", file_count="multiple",
+                         file_types=data.FILE_TYPES + data.ARCHIVE_TYPES, scale=2)
         with gr.Column(scale=2):
             hub_id = gr.Textbox(label="Hugging Face dataset",
                                 placeholder="owner/name, owner/name:config, owner/name@split")
@@ -195,7 +214,7 @@ def build_data_tab(data_state: gr.State, model_state: gr.State) -> None:
         with gr.Row():
             fmt = gr.Dropdown(["auto", *data.FORMATS], value="auto", label="Format",
                               info="auto detects it from the columns")
-            mapping = gr.Textbox(label="Column mapping", placeholder="prompt=question, completion=answer",
+            mapping = gr.Textbox(label="Column mapping", placeholder="prompt=ticket, completion=category",
                                  info="Your columns as the names this tool reads: "
                                       + ", ".join(data.MAPPABLE), scale=2)
         with gr.Row():
@@ -215,6 +234,10 @@ def build_data_tab(data_state: gr.State, model_state: gr.State) -> None:
                       color_map={data.FITS: "#3b82f6", data.TRUNCATED: "#ef4444"}, height=280)
     table = gr.Dataframe(label=f"Rows (first {PREVIEW_ROWS}, after cleaning)", interactive=False,
                          wrap=True, max_height=360)
+    with gr.Row():
+        download_btn = gr.Button("Download as JSONL", size="sm", scale=1)
+        cleaned = gr.File(label="Cleaned data: every row after cleaning, normalized", interactive=False,
+                          scale=3)
     gr.Markdown("### One example as the model sees it")
     with gr.Row():
         example = gr.Number(value=1, minimum=1, precision=0, label="Row number", scale=3)
@@ -236,6 +259,7 @@ def build_data_tab(data_state: gr.State, model_state: gr.State) -> None:
     hub_btn.click(lambda text: (text or "").strip() or gr.update(), hub_id, source)
     source.change(show, [source, *settings, model_state, data_state], outputs)
     apply_btn.click(show, [source, *settings, model_state, data_state], outputs)
+    download_btn.click(download, [rows_state, source], cleaned)
     example.change(show_example, [rows_state, example, max_length, model_state],
                    [rendered, example_info])
     tok_btn.click(prepare_tokenizer, [source, *settings, model_state, data_state], outputs)

@@ -38,7 +38,19 @@ def summary_text(report: dict) -> str:
             "Exact match per example: tuned right & base wrong "
             f"**{counts['tuned right, base wrong']}**, base right & tuned wrong "
             f"**{counts['base right, tuned wrong']}**, both right **{counts['both right']}**, "
-            f"both wrong **{counts['both wrong']}**.")
+            f"both wrong **{counts['both wrong']}**." + trust_markdown(report))
+
+
+def trust_markdown(report: dict) -> str:
+    """The checks after training (finetune.drift) in words, with a few flagged answers."""
+    from finetune import drift, probe
+
+    scores = probe.findings(report)  # the probe's scores, then its flags
+    lines = scores[:1] + [f"⚠ {line}" for line in scores[1:]]
+    flagged = bool((report.get("drift") or {}).get("flags"))
+    lines += [("⚠ " if flagged else "") + line for line in drift.findings(report)]
+    lines += [f"- `{x}`" for x in drift.example_lines(report.get("drift"))]
+    return ("\n\n**Trust:** " + "  \n".join(lines)) if lines else ""
 
 
 def _views(report: dict | None, which: str):
@@ -50,11 +62,24 @@ def _views(report: dict | None, which: str):
     return summary_text(report), metrics, evaluate.example_rows(report, which)
 
 
+def votes_markdown(run_value: str | None) -> str:
+    """The blind A/B votes people gave in the Chat tab, tallied (finetune.votes)."""
+    from finetune import runinfo, votes
+    from finetune.errors import RunError
+
+    try:
+        return "\n\n**People:** " + votes.tally(runinfo.named_run(run_value))["text"]
+    except RunError:
+        return ""
+
+
 def show_saved(run_value: str | None, which: str):
-    """The run's eval.json, if it has one: (summary, metric rows, example rows)."""
+    """The run's eval.json, if it has one, and the people's votes: (summary, metric rows,
+    example rows)."""
     if not run_value:
         return NO_RUN, [], []
-    return _views(evaluate.saved_report(run_value), which)
+    summary, metrics, examples = _views(evaluate.saved_report(run_value), which)
+    return summary + votes_markdown(run_value), metrics, examples
 
 
 def filter_examples(run_value: str | None, which: str):
@@ -67,7 +92,8 @@ def run_evaluation(run_value: str | None, source: str, upload: str | None, limit
                    which: str, progress=gr.Progress()):
     report = evaluate.evaluate_choice(run_value, upload, source == A_FILE, limit,
                                       progress=lambda f, d: progress(f, desc=d), log=print)
-    return (*_views(report, which), refresh_runs(run_value))
+    summary, metrics, examples = _views(report, which)
+    return summary + votes_markdown(run_value), metrics, examples, refresh_runs(run_value)
 
 
 def show_upload(source: str):

@@ -16,9 +16,13 @@ from finetune.ui.common import run_choices, user_errors
 
 BASIC = ["model", "data", "method", "name"]
 GROUP_TITLES = {"data": "Data", "lora": "LoRA", "schedule": "Schedule", "machine": "Machine",
-                "evaluation": "Validation and stopping"}
+                "evaluation": "Validation and stopping", "distributed": "Several GPUs"}
+# Several machines start from a terminal (a command per machine, or a Slurm script), so their
+# settings are left to the CLI and YAML; several GPUs are offered only where there are.
+TERMINAL_ONLY, SEVERAL_GPUS = {"cluster"}, "distributed"
 POLL_S = 2.0
 LOSS_SERIES, LR_SERIES = ("train", "validation"), ("learning rate",)
+SCORE_SERIES = ("validation answers",)
 
 
 def _widget(name: str):
@@ -60,9 +64,10 @@ def plan_rows(planned) -> list[list[str]]:
 
 
 def show_plan(planned, cfg: config.RunConfig) -> tuple:
-    """The plan table, its YAML and the CLI command; a warning when it will not fit."""
-    if planned.memory_warning:
-        gr.Warning(planned.memory_warning)
+    """The plan table, its YAML and the CLI command; a warning when it will not fit, and one
+    for each trap the data checks found (too few rows, labels out of balance)."""
+    for warning in planned.warnings:
+        gr.Warning(warning)
     return plan_rows(planned), planned.config.to_yaml(), cli_command(cfg)
 
 
@@ -93,23 +98,47 @@ def status_markdown(st: dict, run_name: str) -> str:
     return "  \n".join(parts)
 
 
+def score_words(curves: dict) -> str:
+    """The latest validation score and the best so far, in words ('' before the first)."""
+    if not curves["score"]:
+        return ""
+    exact = curves["score_metric"] == "exact_match"
+
+    def words(value, rows):
+        return f"{round(value * rows)} of {rows} right" if exact else f"ROUGE-L {value:.2f}"
+
+    step, value, rows = curves["score"][-1]
+    best = max(curves["score"], key=lambda p: p[1])
+    return (f"validation answers: {words(value, rows)} at step {step} (best {words(*best[1:])} "
+            f"at step {best[0]})")
+
+
 def live_view(name: str | None):
-    """Status text, loss and learning-rate frames, log tail and whether to keep polling, for
-    the run of that name."""
+    """Status text, loss, validation-answer and learning-rate frames, log tail and whether to
+    keep polling, for the run of that name."""
     from finetune import jobs, runinfo
     from finetune.errors import RunError
 
     try:
         run_dir = runinfo.named_run(name)
     except RunError:  # none picked, or deleted meanwhile
-        return status_markdown({}, ""), _frame([], LOSS_SERIES), _frame([], LR_SERIES), "", False
+        return (status_markdown({}, ""), _frame([], LOSS_SERIES), _frame([], SCORE_SERIES),
+                _frame([], LR_SERIES), "", False)
+    from finetune import overfit
+
     st, curves = jobs.status(run_dir), runinfo.curves(run_dir)
     text = status_markdown(st, run_dir.name)
+    if curves["score"]:
+        text += "  \n" + score_words(curves)
+    found = overfit.overfitting(runinfo.read_metrics(run_dir))
+    if found:
+        text += f"  \n⚠ **{found['message']}**"
     if curves["tokens_per_s"]:
         text += f"  \n{curves['tokens_per_s']:.0f} tokens/s (median of the last 5 steps)"
     lr = [(step, value, "learning rate") for step, value in curves["lr"]]
-    return (text, _frame(curves["loss"], LOSS_SERIES), _frame(lr, LR_SERIES),
-            runinfo.log_tail(run_dir), st.get("state") in jobs.ACTIVE)
+    score = [(step, value, SCORE_SERIES[0]) for step, value, _ in curves["score"]]
+    return (text, _frame(curves["loss"], LOSS_SERIES), _frame(score, SCORE_SERIES),
+            _frame(lr, LR_SERIES), runinfo.log_tail(run_dir), st.get("state") in jobs.ACTIVE)
 
 
 def _frame(points: list[tuple], series: tuple[str, ...]):
@@ -123,6 +152,13 @@ def _frame(points: list[tuple], series: tuple[str, ...]):
         [(float(step), float(value), name) for step, value, name in points]
     frame = pd.DataFrame(rows, columns=["step", "value", "series"])
     return frame.astype({"step": "float64", "value": "float64", "series": "object"})
+
+
+def offer_several_gpus():
+    """The processes and strategy settings, shown only where there is more than one GPU."""
+    from finetune import hardware
+
+    return gr.update(visible=hardware.gpu_count() > 1)
 
 
 def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State) -> None:
@@ -141,13 +177,16 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
     with gr.Accordion("Advanced settings", open=False):
         for group, fields in config.groups().items():
             fields = [n for n in fields if n not in BASIC]
-            if not fields:
+            if not fields or group in TERMINAL_ONLY:
                 continue
-            gr.Markdown(f"**{GROUP_TITLES.get(group, group.title())}**")
-            with gr.Row():
-                for name in fields:
-                    names.append(name)
-                    widgets.append(_widget(name))
+            with gr.Column(visible=group != SEVERAL_GPUS) as box:
+                gr.Markdown(f"**{GROUP_TITLES.get(group, group.title())}**")
+                with gr.Row():
+                    for name in fields:
+                        names.append(name)
+                        widgets.append(_widget(name))
+            if group == SEVERAL_GPUS:
+                several_gpus = box
     by_name = dict(zip(names, widgets))
 
     with gr.Row():
@@ -169,6 +208,9 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
     with gr.Row():
         loss_plot = gr.LinePlot(_frame([], LOSS_SERIES), x="step", y="value", color="series",
                                 title="loss", height=260)
+        score_plot = gr.LinePlot(_frame([], SCORE_SERIES), x="step", y="value", color="series",
+                                 title="validation answers (share right, or ROUGE-L)",
+                                 height=260, y_lim=[0, 1])
         lr_plot = gr.LinePlot(_frame([], LR_SERIES), x="step", y="value", color="series",
                               title="learning rate", height=260)
     with gr.Accordion("Log (last lines)", open=False):
@@ -214,8 +256,8 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
 
     def tick(name, shown=None):
         """One poll: the run's status, curves and log, and the runs as they are now."""
-        text, loss, lr, log, active = live_view(name)
-        return (text, loss, lr, log, gr.Timer(active=active), *refresh(name, shown))
+        text, loss, score, lr, log, active = live_view(name)
+        return (text, loss, score, lr, log, gr.Timer(active=active), *refresh(name, shown))
 
     @user_errors
     def start(*values, progress=gr.Progress()):
@@ -228,7 +270,7 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
 
     shown = gr.State([])  # the picker's choices as last sent to the page
     listing = [run_pick, runs_df, shown]
-    live = [status_md, loss_plot, lr_plot, log_box, timer, *listing]
+    live = [status_md, loss_plot, score_plot, lr_plot, log_box, timer, *listing]
     start_btn.click(start, widgets, [plan_df, yaml_box, cli_box, *listing, timer],
                     show_progress_on=plan_df).then(
         tick, [run_pick, shown], live)
@@ -249,6 +291,7 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
 
     stop_btn.click(run_action("stop"), [run_pick, shown], live, api_name="stop_run")
     resume_btn.click(run_action("resume"), [run_pick, shown], live, api_name="resume_run")
+    demo.load(offer_several_gpus, None, several_gpus)
     # Reattach on page load: pick the run that is training now (or the newest) and poll it
     # while it is active; the Refresh button does the same.
     for trigger in (demo.load, refresh_btn.click):

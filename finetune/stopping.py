@@ -1,0 +1,225 @@
+"""When training stops: the validation loss in relative terms and, where answers are short enough to
+generate cheaply, the task's own score on a few validation rows (greedy answers), checked at
+every validation; the run goes on while either still improves.
+
+    python -m pytest tests/test_stopping.py -q
+
+`Stopper` is the rule (pure logic, no torch); `callback()` hooks it into TRL's trainer: it
+answers the scored rows, writes the score to metrics.jsonl and adds it to the trainer's metrics,
+so the checkpoint kept at the end (`load_best_model_at_end`) is the one the rule calls best.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The trainer keeps the checkpoint with the highest rank: the score first, then (between equal
+# scores) the lower validation loss. The loss term stays below one answer in 64 while the loss is
+# under 10, so it only ever breaks ties.
+RANK_METRIC = "eval_answer_rank"
+SCORE_METRIC = "eval_answer_score"
+_LOSS_WEIGHT = 1e-3
+SCORES = ("exact_match", "rouge_l")
+
+
+def rank(score: float | None, loss: float) -> float:
+    """The value the trainer keeps the best checkpoint by (higher is better)."""
+    return (score or 0.0) - _LOSS_WEIGHT * min(float(loss), 10.0)
+
+
+@dataclass
+class Validation:
+    step: int
+    loss: float
+    score: float | None = None  # 0..1: share right (exact match) or mean ROUGE-L
+    n: int = 0  # answers scored
+
+
+@dataclass
+class Stopper:
+    """Stops once, `patience` validations in a row, neither signal improved:
+    - the validation loss did not fall by `min_gain` of itself per tenth of the run (relative,
+      so 0.078 -> 0.073 counts as much as 0.78 -> 0.73);
+    - the answer score (when there is one) did not beat its best so far.
+    Both must be flat: a score on a few rows jumps about by chance, and while the loss still
+    falls steadily the model is still learning. It also stops at once when the loss is below
+    `solved_loss` (the task is learned). `reason` says what stopped it."""
+
+    patience: int
+    min_gain: float
+    max_steps: int
+    solved_loss: float = 0.0
+    metric: str | None = None  # "exact_match", "rouge_l" or None (the loss alone)
+    history: list[Validation] = field(default_factory=list)
+    reason: str | None = None
+    flat: int = 0
+
+    def best(self) -> Validation | None:
+        """The validation the trainer keeps: highest score, then lowest loss (earliest on ties)."""
+        return max(self.history, key=lambda v: rank(v.score, v.loss), default=None)
+
+    def check(self, step: int, loss: float, score: float | None = None, n: int = 0) -> bool:
+        """Record one validation; True when the run should stop (then `reason` says why)."""
+        before = list(self.history)
+        now = Validation(step, float(loss), score, n)
+        self.history.append(now)
+        if loss < self.solved_loss:
+            self.reason = (f"validation loss {loss:.4f} at step {step} of {self.max_steps} is "
+                           f"below {self.solved_loss:g}: the model gives the answer tokens ~"
+                           f"{100 * math.exp(-loss):.0f}% probability on average; the task is "
+                           "learned")
+            return True
+        if not before:
+            return False
+        prev = before[-1]
+        best_loss = min(v.loss for v in before)
+        gain = (best_loss - loss) / best_loss if best_loss > 0 else 0.0
+        need = self.min_gain * (step - prev.step) / (max(1, self.max_steps) / 10)
+        loss_better = gain > 0 and gain >= need
+        scored = [v.score for v in before if v.score is not None]
+        score_better = score is not None and (not scored or score > max(scored) + 1e-9)
+        if loss_better or score_better:
+            self.flat = 0
+            return False
+        self.flat += 1
+        if self.flat < self.patience:
+            return False
+        since = before[-self.patience] if self.patience <= len(before) else before[0]
+        loss_words = (f"validation loss {loss:.4f}, {max(0.0, gain):.1%} below the best before, "
+                      f"less than the {need:.1%} that counts")
+        if score is not None and scored:
+            self.reason = f"validation answers: {self._answers(since)}: stopped ({loss_words})"
+        else:
+            self.reason = (f"validation loss flat at step {step} of {self.max_steps}: "
+                           f"{loss_words} (since step {since.step}); more steps would add little")
+        return True
+
+    def _answers(self, since: Validation) -> str:
+        """'14 of 16 right at step 80, 14 at 90 and 100' (from the best before the flat run)."""
+        tail = self.history[-self.patience:]
+        best = max((v for v in self.history[:-self.patience] if v.score is not None),
+                   key=lambda v: v.score, default=since)
+        first = f"{self.describe(best)} at step {best.step}"
+        rest = [f"{self._short(v)} at {v.step}" for v in tail]
+        if len(rest) > 1:
+            rest = [", ".join(rest[:-1]) + " and " + rest[-1]]
+        return ", ".join([first, *rest])
+
+    def describe(self, v: Validation) -> str:
+        if v.score is None:
+            return f"loss {v.loss:.4f}"
+        if self.metric == "exact_match":
+            return f"{round(v.score * v.n)} of {v.n} right"
+        return f"ROUGE-L {v.score:.2f} on {v.n}"
+
+    def _short(self, v: Validation) -> str:
+        if v.score is None:
+            return "no score"
+        return str(round(v.score * v.n)) if self.metric == "exact_match" else f"{v.score:.2f}"
+
+    def best_words(self) -> str:
+        """How the kept checkpoint scored, for the end reason ('' without a score)."""
+        b = self.best()
+        return f" ({self.describe(b)})" if b is not None and b.score is not None else ""
+
+
+def score_answers(answers: list[str], references: list[str], metric: str) -> float:
+    from finetune import metrics
+
+    if metric == "exact_match":
+        return metrics.exact_match(answers, references) or 0.0
+    return metrics.rouge_l(answers, references) or 0.0
+
+
+def max_new_tokens(tokenizer, references: list[str]) -> int:
+    """Room for the longest reference answer, and a little more (a longer answer is wrong)."""
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references),
+                  default=1)
+    return int(1.25 * longest) + 4
+
+
+def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path, log=print):
+    """A TrainerCallback: after each validation, answer `rows` (prompt messages, reference)
+    greedily when the stopper has a metric and the run is one process, write the score to
+    metrics.jsonl, hand the trainer the rank it keeps the best checkpoint by, and stop the run
+    when the stopper says so."""
+    from transformers import TrainerCallback
+
+    from finetune import generation, runinfo
+
+    class StopCallback(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, model=None,
+                        processing_class=None, **kw):
+            metrics = metrics if metrics is not None else {}
+            loss = metrics.get("eval_loss")
+            if loss is None:
+                return
+            score, n = None, 0
+            # With several processes the loss alone decides (every process computes the same
+            # gathered loss, so they stop together; answering would need each process's shard).
+            if stopper.metric and rows and model is not None and args.world_size == 1:
+                t0, training = time.time(), model.training
+                model.eval()
+                refs = [r for _, r in rows]
+                answers = generation.generate_batch(
+                    model, processing_class, [p for p, _ in rows],
+                    max_new_tokens(processing_class, refs), batch_size=args.per_device_eval_batch_size)
+                model.train(training)
+                score, n = score_answers(answers, refs, stopper.metric), len(rows)
+                metrics[SCORE_METRIC] = score
+                seconds = round(time.time() - t0, 2)
+                runinfo.append_metrics(run_dir, {"step": state.global_step,
+                                                 "eval_score": round(score, 4),
+                                                 "eval_score_metric": stopper.metric,
+                                                 "eval_score_rows": n, "eval_score_s": seconds})
+            metrics[RANK_METRIC] = rank(score, loss)
+            stop = stopper.check(state.global_step, float(loss), score, n)
+            if score is not None:
+                log(f"validation answers at step {state.global_step}: "
+                    f"{stopper.describe(stopper.history[-1])}")
+            if stop:
+                control.should_training_stop = True
+
+    return StopCallback()
+
+
+def from_config(cfg) -> Stopper:
+    """The rule a resolved RunConfig asks for."""
+    metric = cfg.early_stopping_score if cfg.early_stopping_score in SCORES else None
+    return Stopper(int(cfg.early_stopping_patience), float(cfg.early_stopping_min_delta),
+                   int(cfg.max_steps), float(cfg.early_stopping_loss), metric)
+
+
+def scored_rows(cfg, val_rows: list[dict]) -> list[tuple[list[dict], str]]:
+    """(prompt messages, reference) of the validation rows answered at each validation: the
+    first `early_stopping_score_rows` that have an answer (none when no score is used)."""
+    from finetune.data import prompt_and_answer
+
+    if cfg.early_stopping_score not in SCORES:
+        return []
+    pairs = [pa for row in val_rows if "text" not in row and (pa := prompt_and_answer(row))]
+    return pairs[:int(cfg.early_stopping_score_rows)]
+
+
+def end_reason(state, max_steps: int, stopper: Stopper | None) -> tuple[str, int | None]:
+    """How a completed run ended, in words, and the step of the checkpoint kept."""
+    best_step = None
+    if state.best_model_checkpoint:
+        best_step = int(state.best_model_checkpoint.rstrip("/").split("-")[-1])
+    words = stopper.best_words() if stopper is not None else ""
+    if stopper is not None and stopper.reason and state.global_step < max_steps:
+        best = f"; best at step {best_step}{words}" if best_step else ""
+        return stopper.reason + best, best_step
+    best = f"; best validation at step {best_step}{words}" if best_step else ""
+    return f"finished all {max_steps} steps{best}", best_step
+
+
+def trainer_settings(early: bool) -> dict:
+    """The SFTConfig settings that keep the checkpoint this rule calls best."""
+    if not early:
+        return {"load_best_model_at_end": False}
+    return {"load_best_model_at_end": True, "metric_for_best_model": RANK_METRIC,
+            "greater_is_better": True}
