@@ -27,7 +27,8 @@ def baseline(run_dir: Path) -> str:
     splits = data.prepare(cfg, float(cfg.val_fraction))
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source)
-    model = models.load_model(source, dtype=cfg.precision, quantize_4bit=cfg.method == "qlora",
+    model = models.load_model(source, dtype=hardware.weights_dtype(cfg.method, cfg.precision),
+                              quantize_4bit=cfg.method == "qlora",
                               device="cpu" if hw.device == "cpu" else hw.device)
     attention = str(model.config._attn_implementation)
     args = SFTConfig(
