@@ -416,8 +416,8 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
     n_val = f.n_val_file if f.has_val_file else round(float(vf) * f.n_rows)
     can_stop = cfg.early_stopping and n_val > 0
     parallel = procs if f.device == "cuda" else int(cfg.num_machines)
-    epochs = decide("epochs", *passes(n_train, steps_per_epoch, row_tokens or int(length), f, cfg.method,
-                                      can_stop, parallel))
+    epochs = decide("epochs", *passes(n_train, steps_per_epoch, row_tokens or int(length), f,
+                                      cfg.method, can_stop, parallel))
     total = max(1, math.ceil(float(epochs) * steps_per_epoch))
     steps = decide("max_steps", total, f"{float(epochs):g} epoch(s) x {steps_per_epoch} steps")
 
