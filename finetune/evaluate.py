@@ -142,7 +142,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     writing = drift.assess(answers, trained, [ex["prompt"] for ex in examples],
                            max_new, counter.encode_lengths,
                            drift.template_note(runinfo.result_dir(run_dir), tokenizer.chat_template))
-    probed_report = probe.report(probed, trained, counter.encode_lengths)
+    probed_report = probe.report(probed, trained, counter.encode_lengths,
+                                 mixed=float(cfg.mix_general or 0))
     for kind, scores in report_metrics.items():
         scores["probe"] = probed_report["models"][kind]["score"]
     report = {

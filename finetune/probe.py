@@ -52,10 +52,11 @@ def answer(model, tokenizer) -> list[str]:
 
 
 def report(answers: dict[str, list[str]], training_answers: list[str] | None = None,
-           count_tokens=None) -> dict:
+           count_tokens=None, mixed: float = 0.0) -> dict:
     """What eval.json keeps under 'probe': per model the right answers and the score, the drop
     from base to tuned, each question with both answers, the writing systems of the answers
-    against the training answers' (`finetune.drift`), and `flags` in words."""
+    against the training answers' (`finetune.drift`), and `flags` in words; `mixed`: the share of
+    general rows the run mixed in (the advice then differs)."""
     items = questions()
     out: dict = {"questions": len(items), "max_new_tokens": MAX_NEW_TOKENS, "models": {},
                  "items": [], "flags": []}
@@ -77,8 +78,11 @@ def report(answers: dict[str, list[str]], training_answers: list[str] | None = N
             out["flags"].append(
                 f"The tuned model forgot general knowledge: it answers {tuned['right']} of "
                 f"{len(items)} probe questions right, the base model {base['right']} (lost "
-                f"{out['lost']}, gained {out['gained']}). Mix general instruction data into "
-                "training (mix_general, e.g. 0.2) and compare the two runs on this probe.")
+                f"{out['lost']}, gained {out['gained']}). " + (
+                    f"{mixed:.0%} general rows were mixed in already: try a larger share, a "
+                    "lower learning rate or fewer passes, and compare on this probe."
+                    if mixed else "Mix general instruction data into training (mix_general, "
+                    "e.g. 0.2) and compare the two runs on this probe."))
     if training_answers is not None and count_tokens is not None:
         from finetune import drift
 

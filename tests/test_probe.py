@@ -51,6 +51,10 @@ def test_the_drop_from_base_to_tuned_is_reported_and_flagged():
                      f"({100 * 20 / len(items):.0f}%); lost 10, gained 0.")
     same = probe.report({"base": base, "tuned": base})
     assert same["flags"] == [] and same["drop"] == 0
+    # a run that mixed general rows in already is not told to do so
+    (flag,) = probe.report({"base": base, "tuned": tuned}, mixed=0.2)["flags"]
+    assert "20% general rows were mixed in already: try a larger share" in flag
+    assert "(mix_general, e.g. 0.2)" not in flag
 
 
 def test_probe_answers_in_another_writing_system_are_flagged():
