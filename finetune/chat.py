@@ -282,9 +282,10 @@ def stream_reply(target: Target, history: Iterable[Any], system: str = "",
 
 
 # A chat window is redrawn at most this often while an answer streams in: the browser redraws
-# the whole message each time, and per token a long answer kept a busy page from taking a click
-# (Stop) for seconds. Ten updates a second still reads as a steady stream.
-SHOW_EVERY_S = 0.1
+# the whole message each time, and per token (a small model on a GPU, or the tests' tiny one:
+# ~1,000 a second) a long answer kept a busy page from taking a click (Stop) for seconds. Fifty
+# updates a second still shows every word of a CPU's ~20-50 tokens a second as it comes.
+SHOW_EVERY_S = 0.02
 
 
 def chat_turn(target: Target, history: Iterable[Any] | None, message: str, system: str = "",

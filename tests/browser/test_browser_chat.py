@@ -7,12 +7,22 @@ its base model; answers stream in.
 from __future__ import annotations
 
 import re
-import time
+
 
 import webui
 
 MESSAGE = "Hi, this is Ana Ruiz from Zeta Ltd in Lima, call 555-0199."
 TARGET = "Run or model"
+
+# Records the length of the newest answer in a chatbot each time the page changes it.
+WATCH = """(box) => {
+    box.__lengths = [];
+    new MutationObserver(() => {
+        const bots = box.querySelectorAll('[data-testid=bot]');
+        const last = bots[bots.length - 1];
+        box.__lengths.push(last ? last.innerText.trim().length : 0);
+    }).observe(box, {subtree: true, childList: true, characterData: true});
+}"""
 
 
 def _send(page, text: str) -> None:
@@ -34,19 +44,8 @@ def _answers(page, label: str) -> list[str]:
     return [t.strip() for t in bots.all_inner_texts()]
 
 
-def _growing(page, label: str, want: int = 3, timeout: float = 120.0) -> list[int]:
-    """The lengths the newest answer was seen at, read every 0.2 s until it was seen at `want`
-    different lengths (read from the page each time: the chat box may be drawn anew)."""
-    seen: set[int] = set()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        answers = _answers(page, label)
-        if answers and answers[-1]:
-            seen.add(len(answers[-1]))
-        if len(seen) >= want:
-            return sorted(seen)
-        page.wait_for_timeout(200)
-    raise AssertionError(f"the answer did not grow in {timeout:.0f} s: lengths seen {sorted(seen)}")
+def _lengths(page, label: str) -> list[int]:
+    return webui.block(page, label).first.evaluate("box => box.__lengths || []")
 
 
 def _wait_answer(page, label: str) -> None:
@@ -74,16 +73,20 @@ def test_an_answer_streams_in_and_stop_ends_it(trained_run, page, shots):
     webui.wait_idle(page)  # the mode's suggestions (repetition penalty) have landed
     _settings(page, temperature="1", max_new_tokens="2048")
     webui.wait_idle(page)
+    chat = webui.block(page, "Chat").first
+    chat.evaluate(WATCH)
     _send(page, MESSAGE)
-    grew = _growing(page, "Chat")
+    page.wait_for_function("box => new Set((box.__lengths || []).filter(n => n > 0)).size >= 3",
+                           arg=chat.element_handle(), timeout=120_000)
     page.get_by_role("button", name="Stop", exact=True).click()
     webui.wait_idle(page)
     stopped = _answers(page, "Chat")
     page.wait_for_timeout(1000)
     assert _answers(page, "Chat") == stopped, "the answer kept growing after Stop"
     assert len(stopped) == 1 and stopped[0], stopped
-    assert MESSAGE in webui.block(page, "Chat").first.inner_text()
-    assert len(stopped[0]) >= grew[-1], grew
+    assert MESSAGE in chat.inner_text()
+    grew = sorted({n for n in _lengths(page, "Chat") if n > 0})
+    assert len(grew) >= 3 and len(stopped[0]) >= grew[-1], grew
     webui.shoot(page, shots, "chat-stopped")
 
 
