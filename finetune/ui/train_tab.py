@@ -210,7 +210,7 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
                                 title="loss", height=260)
         score_plot = gr.LinePlot(_frame([], SCORE_SERIES), x="step", y="value", color="series",
                                  title="validation answers (share right, or ROUGE-L)",
-                                 height=260, y_lim=[0, 1])
+                                 height=260, y_lim=[0, 1], visible=False)
         lr_plot = gr.LinePlot(_frame([], LR_SERIES), x="step", y="value", color="series",
                               title="learning rate", height=260)
     with gr.Accordion("Log (last lines)", open=False):
@@ -257,7 +257,10 @@ def build_train_tab(demo: gr.Blocks, data_state: gr.State, model_state: gr.State
     def tick(name, shown=None):
         """One poll: the run's status, curves and log, and the runs as they are now."""
         text, loss, score, lr, log, active = live_view(name)
-        return (text, loss, score, lr, log, gr.Timer(active=active), *refresh(name, shown))
+        # A run that scores no answers (long answers, several processes) has no such plot.
+        scored = bool(score["value"].notna().any())
+        return (text, loss, gr.update(value=score, visible=scored), lr, log,
+                gr.Timer(active=active), *refresh(name, shown))
 
     @user_errors
     def start(*values, progress=gr.Progress()):

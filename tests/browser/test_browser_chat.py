@@ -13,6 +13,7 @@ import webui
 
 MESSAGE = "Hi, this is Ana Ruiz from Zeta Ltd in Lima, call 555-0199."
 TARGET = "Run or model"
+STORY = "Write a long story about a lighthouse keeper and a storm, with many chapters."
 
 # Records the length of the newest answer in a chatbot each time the page changes it.
 WATCH = """(box) => {
@@ -60,30 +61,30 @@ def test_the_chat_offers_the_run_just_trained(trained_run, page):
     assert webui.dropdown_value(page, TARGET).startswith(trained_run.name)
 
 
-def test_an_answer_streams_in_and_stop_ends_it(trained_run, page, shots):
-    """Sampled (temperature 1) so the tiny model writes words with spaces, which a streamer
-    sends as they come (its greedy answer is one endless word, sent only when it ends); up to
-    2048 tokens, so the answer is still arriving when Stop is pressed."""
+def test_an_answer_streams_in_and_stop_ends_it(bundled_model, page):
+    """The bundled model as it is, asked for a long story with up to 2048 new tokens: on a CPU
+    it writes a few words a second for minutes, so the answer is still growing when Stop is
+    pressed. (The tests' tiny model writes ~1,000 tokens a second and sometimes ends at once,
+    or in one piece a streamer holds back, which made this test fail 1 run in 3.)"""
     webui.tab(page, "Chat")
-    webui.choose(page, TARGET, trained_run.name)
-    assert webui.dropdown_value(page, TARGET).startswith(trained_run.name)
+    webui.choose(page, TARGET, "(bundled, not fine-tuned)")
+    assert webui.dropdown_value(page, TARGET).endswith("(bundled, not fine-tuned)")
     _settings(page, temperature="1", max_new_tokens="2048")
+    page.get_by_label("System prompt").fill("")
     chat = webui.block(page, "Chat").first
     chat.evaluate(WATCH)
-    _send(page, MESSAGE)
+    _send(page, STORY)
     page.wait_for_function("box => new Set((box.__lengths || []).filter(n => n > 0)).size >= 3",
-                           arg=chat.element_handle(), timeout=120_000)
-    # The page redraws the answer per word; on a busy machine the click may wait for it.
+                           arg=chat.element_handle(), timeout=180_000)
     page.get_by_role("button", name="Stop", exact=True).click(timeout=120_000)
     webui.wait_idle(page)
     stopped = _answers(page, "Chat")
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(1500)
     assert _answers(page, "Chat") == stopped, "the answer kept growing after Stop"
     assert len(stopped) == 1 and stopped[0], stopped
-    assert MESSAGE in chat.inner_text()
+    assert STORY in chat.inner_text()
     grew = sorted({n for n in _lengths(page, "Chat") if n > 0})
     assert len(grew) >= 3 and len(stopped[0]) >= grew[-1], grew
-    webui.shoot(page, shots, "chat-tuned")
 
 
 def test_side_by_side_answers_with_base_and_tuned(trained_run, page, shots):
