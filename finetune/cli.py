@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--private-space", action="store_true", help="make the chat Space private")
     _add_export_flags(u)
 
+    from finetune.bench.shapes import SHAPES
+
     b = sub.add_parser("bench", help="measure speed on this machine (chat, data, train)")
     b.add_argument("what", nargs="*", default=[], help="hardware, data, chat, train (the default: all four), defaults (~2 h on 2 CPU cores)")
     b.add_argument("--json", action="store_true")
@@ -126,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, help="train: optimizer steps per side (default: 12)")
     b.add_argument("--rounds", type=int, help="train: baseline/ours pairs, run alternately "
                    "(default: 1)")
+    b.add_argument("--shape", choices=list(SHAPES), help="train: a random-init "
+                   "model of that size instead of --model (made once; for a GPU)")
+    b.add_argument("--seq-len", type=int, help="train: rows of about this many tokens (the "
+                   "samples' turns in long chats) instead of --data, and max length the same")
+    b.add_argument("--method", help="train: lora, qlora or full (default: lora)")
     b.add_argument("--tasks", default="", help="defaults only: comma-separated tasks (default: "
                    "sample:contacts,sample:tickets,sample:rewrite,dates,receipts)")
     b.add_argument("--setups", default="", help="defaults only: comma-separated setups "
@@ -379,8 +386,7 @@ def cmd_bench(args) -> int:
     from finetune import bench
 
     names = bench.check_names(args.what)
-    options = {k: getattr(args, k) for k in ("model", "data", "steps", "rounds")
-               if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in bench.TRAIN_OPTIONS if getattr(args, k) is not None}
     options.update({k: [x.strip() for x in v.split(",") if x.strip()] or None
                     for k, v in (("tasks", args.tasks), ("setups", args.setups))})
     if args.json:

@@ -2,6 +2,7 @@
 
     python -m finetune bench                 # hardware, data, chat, train
     python -m finetune bench train --json    # our training against plain TRL, same run
+    python -m finetune bench train --json --shape llama-1b --seq-len 2048   # on a GPU
     python -m finetune bench chat --json     # the Chat tab against plain generate, same run
     python -m finetune bench data            # `data inspect` on 100,000 rows; 10,000 files
     python -m finetune bench defaults        # auto vs hand-tuned vs LLaMA-Factory defaults (hours)
@@ -94,15 +95,17 @@ def check_names(what: list[str]) -> list[str]:
     return list(what) or QUICK
 
 
+TRAIN_OPTIONS = ("model", "data", "steps", "rounds", "shape", "seq_len", "method")
+
+
 def run_one(name: str, options: dict | None = None) -> dict:
-    """One benchmark; `options` narrow it: tasks and setups for `defaults`; model, data, steps
-    and rounds for `train`; the model for `chat`."""
+    """One benchmark; `options` narrow it: tasks and setups for `defaults`; TRAIN_OPTIONS for
+    `train`; the model for `chat`."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
     if name == "defaults":
         return BENCHES[name](**{k: options[k] for k in ("tasks", "setups") if k in options})
     if name == "train":
-        return bench_train(**{k: options[k] for k in ("model", "data", "steps", "rounds")
-                              if k in options})
+        return bench_train(**{k: options[k] for k in TRAIN_OPTIONS if k in options})
     if name == "chat":
         return bench_chat(options.get("model"))
     return BENCHES[name]()

@@ -30,9 +30,10 @@ QWEN_VOCAB = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864,
                   max_position_embeddings=4096)  # Qwen2.5-0.5B's head, two layers
 
 
-def random_chat_model(out: Path, seed: int = 0, **llama) -> Path:
-    """A random-init Llama (settings `llama`) with a small byte-level BPE tokenizer trained on
-    the bundled samples and a ChatML template, saved in `out` (no network needed)."""
+def random_chat_model(out: Path, seed: int = 0, dtype: str = "fp32", **llama) -> Path:
+    """A random-init Llama (settings `llama`, weights in `dtype`) with a small byte-level BPE
+    tokenizer trained on the bundled samples and a ChatML template, saved in `out` (no network
+    needed)."""
     import json
 
     import torch
@@ -60,9 +61,14 @@ def random_chat_model(out: Path, seed: int = 0, **llama) -> Path:
                          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
     torch.manual_seed(seed)
     settings = {"vocab_size": len(tok), "tie_word_embeddings": True, **llama}
-    model = LlamaForCausalLM(LlamaConfig(bos_token_id=tok.bos_token_id,
-                                         eos_token_id=tok.eos_token_id,
-                                         pad_token_id=tok.pad_token_id, **settings))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    try:  # made in its own precision: a 7B model in fp32 would need 28 GB to be made
+        model = LlamaForCausalLM(LlamaConfig(bos_token_id=tok.bos_token_id,
+                                             eos_token_id=tok.eos_token_id,
+                                             pad_token_id=tok.pad_token_id, **settings))
+    finally:
+        torch.set_default_dtype(default)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)

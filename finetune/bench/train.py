@@ -3,6 +3,8 @@
     python -m finetune bench train --json                  # bundled model, sample:contacts
     python -m finetune bench train --json --rounds 2       # baseline, ours, baseline, ours
     python -m finetune bench train --json --model DIR --steps 3 --data FILE   # any model/data
+    python -m finetune bench train --json --shape llama-1b --seq-len 2048      # a GPU's check
+    python -m finetune bench train --json --shape mistral-7b --seq-len 2048 --method qlora
 
 Both sides get the same model, data, LoRA settings, batch, learning rate, schedule, seed and
 steps (planned once, as `python -m finetune train` plans them). The baseline is TRL's
@@ -14,6 +16,9 @@ its own. Tokens/s counts real tokens (no padding) from the second step on; MFU c
 parameters FLOPs a token for LoRA (forward, and the backward to the inputs) against the
 probe's matmul peak (`hardware.probe`; on a GPU an 8192-cube matmul in the run's precision).
 On a GPU the same command measures bf16 on CUDA: `python -m finetune bench train --json`.
+`--shape` trains a random-init model of a published size instead (`bench/shapes.py`), and
+`--seq-len N` rows of about N tokens (the samples' turns, one chat after another) instead of the
+data, with `max_length` N.
 """
 
 from __future__ import annotations
@@ -88,14 +93,28 @@ def compare(ours: dict, baseline: dict) -> dict:
 
 
 def bench_train(model: str | None = None, steps: int | None = None, rounds: int | None = None,
-                data: str | None = None, log=print) -> dict:
-    from finetune import config, hardware, models, plan, runinfo
-    from finetune.bench import cpu_id
+                data: str | None = None, shape: str | None = None, seq_len: int | None = None,
+                method: str | None = None, log=print) -> dict:
+    from finetune import config, hardware, models, paths, plan, runinfo
+    from finetune.bench import cpu_id, shapes
 
     steps, rounds = steps or 12, rounds or 1
+    if shape:
+        if model:
+            from finetune.errors import ConfigError
+
+            raise ConfigError("Give --model or --shape, not both.")
+        log(f"bench train: making (once) a random-init {shapes.WHAT[shape]}-shaped model")
+        model = str(shapes.shaped_model(shape, seq_len or 4096))
+    extra = {"method": method} if method else {}
+    if seq_len:
+        tokenizer = models.load_tokenizer(models.resolve(model or config.DEFAULT_MODEL))
+        data = str(shapes.long_chats(paths.home() / "bench-data" / f"chats-{seq_len}.jsonl",
+                                     tokenizer, seq_len))
+        extra["max_length"] = seq_len
     cfg = config.RunConfig(model=model or config.DEFAULT_MODEL, data=data or config.DEFAULT_DATA,
                            max_steps=steps, val_fraction=0.0, early_stopping=False,
-                           save_steps=steps, eval_steps=steps, name="bench-train")
+                           save_steps=steps, eval_steps=steps, name="bench-train", **extra)
     resolved = plan.plan(cfg).config
     results: dict[str, list[dict]] = {side: [] for side in SIDES}
     for r in range(rounds):
@@ -133,6 +152,7 @@ def bench_train(model: str | None = None, steps: int | None = None, rounds: int 
         "settings": {"model": resolved.model, "data": resolved.data, "method": resolved.method,
                      "lora_r": resolved.lora_r, "batch_size": resolved.batch_size,
                      "grad_accum": resolved.grad_accum, "max_length": resolved.max_length,
+                     "shape": shape and shapes.WHAT[shape], "seq_len": seq_len,
                      "steps": steps, "precision": resolved.precision, "rounds": rounds,
                      "order": "baseline then ours, alternately", "n_params": n_params},
         "machine": {"device": hw.device, "name": hw.name, "cpu_model": cpu_id(),
