@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from finetune import stopping
 
 
@@ -86,3 +88,32 @@ def test_scores_are_exact_match_or_similarity():
     assert stopping.score_answers(["a", "b"], ["a", "c"], "exact_match") == 0.5
     assert 0.6 < stopping.score_answers(["please send the file"], ["please send the files"],
                                         "rouge_l") < 1.0
+
+
+def test_a_stop_at_a_high_learning_rate_plans_steps_that_bring_it_to_zero():
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    def scheduler():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=4e-4)
+        return opt, get_cosine_schedule_with_warmup(opt, 6, 129)
+
+    opt, sched = scheduler()
+    for _ in range(44):  # the rewrite run: told to stop at step 44 of 129
+        opt.step()
+        sched.step()
+    anneal = stopping.plan_anneal(sched, 44, 129)
+    assert (anneal.start, anneal.end) == (44, 53) and 0.7 < anneal.level < 0.8
+    rates = []
+    for _ in range(9):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(4e-4 * anneal.level)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and opt.param_groups[0]["lr"] == 0
+    # Near the end of its schedule the rate is low already: the run stops at once.
+    opt, sched = scheduler()
+    for _ in range(110):
+        opt.step()
+        sched.step()
+    assert stopping.plan_anneal(sched, 110, 129) is None
