@@ -1,6 +1,7 @@
 """When training stops: the validation loss in relative terms and, where answers are short enough to
 generate cheaply, the task's own score on a few validation rows (greedy answers), checked at
-every validation; the run goes on while either still improves.
+every validation; the run goes on while either still improves. A run told to stop while its
+learning rate is still high first takes a few steps with the rate falling to 0 (`plan_anneal`).
 
     python -m pytest tests/test_stopping.py -q
 
@@ -132,9 +133,9 @@ class Stopper:
         return str(round(v.score * v.n)) if self.metric == "exact_match" else f"{v.score:.2f}"
 
     def annealed(self, step: int, loss: float, score: float | None = None, n: int = 0) -> float:
-        """Record the validation after the annealing steps; the rank the trainer keeps the
-        checkpoint by: above every validation before (they are kept) unless their answers got
-        worse than the best, or their loss rose by more than a tenth."""
+        """Record the validation after the annealing steps, and return the rank the trainer keeps
+        checkpoints by: above every earlier validation (the annealed weights are kept), unless
+        their answers got worse than the best or their loss rose by more than a tenth."""
         best, now = self.best(), Validation(step, float(loss), score, n)
         self.history.append(now)
         worse = best is not None and ((score or 0.0) < (best.score or 0.0) - 1e-9
