@@ -110,8 +110,10 @@ def test_two_processes_learn_the_curve_of_one_and_stop_and_resume_together(tiny_
     assert (two / "adapter" / "adapter_config.json").is_file()
 
     jobs.resume(two)  # every worker again, from the checkpoint
-    wait_for_run(two, lambda s: s.get("state") == "running" and s.get("step", 0) > st["step"])
-    assert len(_workers(two)) == 3
+    again = wait_for_run(two, lambda s: s.get("state") not in jobs.ACTIVE or (
+        s.get("state") == "running" and s.get("step", 0) > st["step"]))
+    if again["state"] == "running":  # a quiet machine can finish the ~10 steps left between
+        assert len(_workers(two)) == 3  # two polls; the curve below still shows both workers
     done = wait_for_run(two, lambda s: s.get("state") not in jobs.ACTIVE, timeout=240)
     assert done["state"] == "completed" and done["step"] == 12, runinfo.log_tail(two)
     log = (two / "train.log").read_text()
@@ -125,9 +127,10 @@ def test_two_processes_learn_the_curve_of_one_and_stop_and_resume_together(tiny_
     assert not (one / "accelerate.yaml").exists()
     assert train.run(one, tee=False)["state"] == "completed"
     curve1 = [(m["step"], m["loss"]) for m in runinfo.read_metrics(one) if "loss" in m]
-    # The same rows per step and the same start, in fp32: the processes' gradients differ from
-    # one process's only in the order they are summed (~1e-7 relative), so the curves agree to
-    # ~1e-6 over the 12 steps here (measured); 1e-4 leaves room while staying far below what
-    # one step changes the loss by (~0.01-0.06), which a different batch or data order shows.
+    # The same rows per step and the same start, in fp32 (after the resume too: one worker alone
+    # would train on 2 rows a step): the processes' gradients differ from one process's only in
+    # the order they are summed (~1e-7 relative), so the curves agree to ~1e-6 over the 12 steps
+    # here (measured); 1e-4 leaves room while staying far below what one step changes the loss
+    # by (~0.01-0.06), which a different batch or data order shows.
     assert max(abs(a - b) for (_, a), (_, b) in zip(curve1, curve2)) < 1e-4, (curve1, curve2)
     assert max(a for _, a in curve1) - min(a for _, a in curve1) > 0.1  # it did learn
