@@ -180,11 +180,7 @@ def plan_anneal(scheduler, step: int, max_steps: int) -> Anneal | None:
     if level <= ANNEAL_ABOVE or steps < 1:
         return None
     end = now + steps
-
-    def falling(t, at=0.0):
-        return at * max(0.0, (end - t) / steps)
-
-    inner.lr_lambdas = [lambda t, at=lv: falling(t, at) for lv in levels]
+    inner.lr_lambdas = [lambda t, at=lv: at * max(0.0, (end - t) / steps) for lv in levels]
     return Anneal(step, step + steps, level)
 
 
@@ -244,7 +240,10 @@ def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path
                                                  "eval_score": round(score, 4),
                                                  "eval_score_metric": stopper.metric,
                                                  "eval_score_rows": n, "eval_score_s": seconds})
-            if self.anneal is not None:  # the end of the annealing steps: stop here
+            if self.anneal is not None:  # annealing: only its last step's validation counts
+                if state.global_step < self.anneal.end:
+                    metrics[RANK_METRIC] = rank(score, loss)
+                    return
                 metrics[RANK_METRIC] = stopper.annealed(state.global_step, float(loss), score, n)
                 log(f"validation at step {state.global_step}, after annealing: "
                     f"{stopper.describe(stopper.history[-1])}")

@@ -117,3 +117,32 @@ def test_a_stop_at_a_high_learning_rate_plans_steps_that_bring_it_to_zero():
         opt.step()
         sched.step()
     assert stopping.plan_anneal(sched, 110, 129) is None
+
+
+def test_a_validation_during_the_annealing_steps_does_not_end_them(tmp_path):
+    # Validation every 2 steps, told to stop at step 20 (rate at its peak): 4 annealing steps,
+    # so the validation at step 22 falls inside them; the run ends at 24.
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import TrainerControl, get_constant_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = get_constant_schedule(opt)
+    stopper = stopping.Stopper(patience=1, min_gain=0.02, max_steps=100, solved_loss=0.01)
+    hook = stopping.callback(stopper, [], tmp_path, log=lambda *a: None)
+    args = SimpleNamespace(world_size=1, per_device_eval_batch_size=1)
+    stopped = {}
+    for step, loss in ((18, 0.02), (20, 0.005), (22, 0.004), (24, 0.003)):
+        for _ in range(2):
+            opt.step()
+            sched.step()
+        state, control = SimpleNamespace(global_step=step, max_steps=100), TrainerControl()
+        hook.on_step_end(args, state, control)
+        metrics = {"eval_loss": loss}
+        hook.on_evaluate(args, state, control, metrics=metrics, lr_scheduler=sched)
+        stopped[step] = (control.should_training_stop, metrics[stopping.RANK_METRIC])
+    assert [stopped[s][0] for s in (18, 20, 22, 24)] == [False, False, False, True]
+    assert stopped[24][1] > max(stopped[s][1] for s in (18, 20, 22))  # the annealed weights kept
+    assert stopper.best().step == 24 and "then 4 steps with the learning rate falling to 0" \
+        in stopper.reason
