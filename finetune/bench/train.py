@@ -104,6 +104,7 @@ def bench_train(model: str | None = None, steps: int | None = None, rounds: int 
             from finetune.errors import ConfigError
 
             raise ConfigError("Give --model or --shape, not both.")
+        shapes.check_shape(shape)
         log(f"bench train: making (once) a random-init {shapes.WHAT[shape]}-shaped model")
         model = str(shapes.shaped_model(shape, seq_len or 4096))
     extra = {"method": method} if method else {}
