@@ -15,9 +15,12 @@ What it changes, and only inside TRL's SFTTrainer (TRL and PEFT stay the engine)
 - Logits only where the loss is: the hidden states of the positions whose next token is an answer
   token go through the lm-head (`logits_to_keep` as a mask); the prompt never meets the 49k-word
   head. The loss is TRL's: the summed cross-entropy of the answer tokens over `num_items_in_batch`.
+  On a CPU, for heads that are the output layer alone, it is taken in chunks of answer positions
+  with their gradient in the same pass (`_answer_cross_entropy`): no whole logits held.
 - No per-step pass over the logits for metrics (TRL logs entropy and token accuracy every step).
 - Validation returns the loss only (no logits gathered across batches).
 - On a CPU with glibc, freed activations go back to the system (`release_freed_memory`).
+- On a CPU, PEFT's LoRA layers and the gated MLPs holding them in one pass each (`fused_lora`).
 """
 
 from __future__ import annotations
@@ -70,22 +73,32 @@ def row_attention(module, query, key, value, attention_mask, **kwargs):
     bounds, firsts = rows
     prefix = bounds[1] if firsts[0] == 0 else 0
     rest = {k: v for k, v in kwargs.items() if k not in ("is_causal", "position_ids")}
+    # One split per tensor, not a slice per row: a slice's backward writes its gradient into a
+    # zero tensor of the whole batch (rows x tokens of work), a split's is one concatenation.
+    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    qs, ks, vs = (t.split(sizes, dim=2) for t in (query, key, value))
     outs = []
-    for a, b, first in zip(bounds[:-1], bounds[1:], firsts):
-        if b <= a:
+    for i, (n, first) in enumerate(zip(sizes, firsts)):
+        if n <= 0:
             continue
         if first == 0 or first != prefix:  # a row of its own: causal within it
-            outs.append(sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b],
-                                               value[:, :, a:b], None, is_causal=True,
-                                               **rest)[0])
+            outs.append(sdpa_attention_forward(module, qs[i], ks[i], vs[i], None,
+                                               is_causal=True, **rest)[0])
             continue
-        # a row continuing the shared prefix: it sees all of the prefix, then itself causally
-        n = b - a
+        # a row continuing the shared prefix (chunk 0): it sees all of it, then itself causally
         mask = torch.ones(n, first + n, dtype=torch.bool, device=query.device)
         mask[:, first:] = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-        k = torch.cat([key[:, :, :first], key[:, :, a:b]], dim=2)
-        v = torch.cat([value[:, :, :first], value[:, :, a:b]], dim=2)
-        outs.append(sdpa_attention_forward(module, query[:, :, a:b], k, v, mask[None, None],
+        k = torch.cat([ks[0], ks[i]], dim=2)
+        v = torch.cat([vs[0], vs[i]], dim=2)
+        if query.device.type == "cpu" and not rest.get("dropout"):
+            # SDPA's CPU kernel takes grouped keys with a mask as they are; transformers would
+            # first copy each key and value head once per query head (3x on the bundled model)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                qs[i], k, v, attn_mask=mask[None, None], scale=rest.get("scaling"),
+                enable_gqa=k.shape[1] != qs[i].shape[1])
+            outs.append(out.transpose(1, 2))
+            continue
+        outs.append(sdpa_attention_forward(module, qs[i], k, v, mask[None, None],
                                            is_causal=False, **rest)[0])
     return torch.cat(outs, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns
 
@@ -140,6 +153,17 @@ def prepare_model(model) -> str:
     except (ValueError, TypeError):  # a model outside the attention interface: leave it as it is
         return str(current)
     return ROW_ATTENTION
+
+
+def fuse_adapters(model) -> int:
+    """On a CPU, the model's LoRA layers computed in one pass (`fused_lora`); how many were
+    switched (0 on other devices, where it is not measured yet)."""
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu":
+        return 0
+    from finetune import fused_lora
+
+    return fused_lora.apply(model)
 
 
 def sft_overrides() -> dict:
@@ -204,9 +228,74 @@ class SharedPrefixCollator:
                 "max_length_k": int(cu_t.diff().max()), "row_tokens": torch.tensor(real)}
 
 
+# Models whose causal-LM head is the output layer alone (no scaling or capping of the logits), so
+# the loss can be taken from the hidden states chunk by chunk (`_AnswerCrossEntropy`).
+PLAIN_HEADS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+LOSS_CHUNK = 64  # answer positions a chunk: 64 x 49k logits of the bundled model are 12 MB
+
+
+def _plain_head(model):
+    """The output layer when the answer loss can be computed from the hidden states in chunks:
+    a frozen bias-free linear head of a `PLAIN_HEADS` model on a CPU, not wrapped for several
+    processes; None otherwise."""
+    import torch
+
+    if hasattr(model, "module"):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if (type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad
+            or head.weight.device.type != "cpu"
+            or getattr(base.config, "model_type", None) not in PLAIN_HEADS):
+        return None
+    return head
+
+
+_cross_entropy = None
+
+
+def _answer_cross_entropy():
+    """Summed cross-entropy of the answer tokens straight from their hidden states and the frozen
+    head: logits made `LOSS_CHUNK` positions at a time, the gradient of the hidden states taken
+    in the same pass, so no (answers x vocabulary) logits, log-softmax or gradient is ever held
+    whole (~60 MB each for 8 rows of sample:contacts). The same sums as `F.cross_entropy` on
+    fp32 logits."""
+    global _cross_entropy
+    if _cross_entropy is not None:
+        return _cross_entropy
+    import torch
+
+    class AnswerCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, targets):
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+            for start in range(0, hidden.shape[0], LOSS_CHUNK):
+                logits = (hidden[start:start + LOSS_CHUNK] @ weight.t()).float()
+                wanted = targets[start:start + LOSS_CHUNK]
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, wanted[:, None]).squeeze(1)).sum()
+                if grad is not None:  # softmax minus the one-hot answer, back through the head
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs[torch.arange(len(wanted), device=probs.device), wanted] -= 1
+                    grad[start:start + LOSS_CHUNK] = probs.to(weight.dtype) @ weight
+            ctx.save_for_backward(grad)
+            return total
+
+        @staticmethod
+        def backward(ctx, g):
+            (grad,) = ctx.saved_tensors
+            return grad * g, None, None
+
+    _cross_entropy = AnswerCrossEntropy
+    return _cross_entropy
+
+
 def answer_loss(model, inputs: dict, num_items_in_batch=None):
-    """(loss, outputs): the model's forward with logits on the answer positions only, and TRL's
-    loss (summed cross-entropy over `num_items_in_batch`, or the mean without it)."""
+    """(loss, outputs): the model's forward with the head on the answer positions only, and TRL's
+    loss (summed cross-entropy over `num_items_in_batch`, or the mean without it). With a
+    `_plain_head` the loss comes from the hidden states in chunks and `outputs.logits` holds
+    those hidden states."""
     import torch
     import torch.nn.functional as F
 
@@ -218,9 +307,19 @@ def answer_loss(model, inputs: dict, num_items_in_batch=None):
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = wanted
     inputs["use_cache"] = False
-    outputs = model(**inputs, logits_to_keep=keep)
-    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
-    loss = F.cross_entropy(logits.float(), targets[wanted], reduction="sum")
+    head = _plain_head(model)
+    if head is None:
+        outputs = model(**inputs, logits_to_keep=keep)
+        logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+        loss = F.cross_entropy(logits.float(), targets[wanted], reduction="sum")
+    else:
+        head.forward = lambda hidden: hidden  # the model hands back the hidden states it keeps
+        try:
+            outputs = model(**inputs, logits_to_keep=keep)
+        finally:
+            del head.forward
+        hidden = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+        loss = _answer_cross_entropy().apply(hidden, head.weight, targets[wanted])
     count = wanted.sum() if num_items_in_batch is None else num_items_in_batch
     return loss / torch.as_tensor(count, device=loss.device).clamp(min=1), outputs
 

@@ -297,6 +297,9 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         train_dataset=Dataset.from_list(to_trl_rows(splits.train)),
         eval_dataset=Dataset.from_list(to_trl_rows(splits.val)) if has_val else None,
         callbacks=callbacks)
+    fused = fastpath.fuse_adapters(trainer.model)
+    if fused:
+        _log(run_dir, tee, f"LoRA layers fused: {fused}")
     if cfg.precision == "fp16":  # loss scaling wants fp32 trained weights (TRL makes QLoRA
         models.trainable_to_fp32(trainer.model)  # adapters bf16, which a T4 only emulates)
     checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None

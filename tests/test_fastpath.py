@@ -80,3 +80,19 @@ def test_a_shared_prefix_computed_once_gives_the_same_loss_and_gradients(tiny_mo
     got.backward()
     for a, b in zip(plain.parameters(), fast.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_the_chunked_answer_loss_is_the_cross_entropy_of_the_whole_logits(monkeypatch):
+    """Taken a few answer positions at a time, with the gradient made in the same pass: the loss
+    and the hidden states' gradient are those of F.cross_entropy on all the logits at once."""
+    monkeypatch.setattr(fastpath, "LOSS_CHUNK", 3)
+    torch.manual_seed(2)
+    weight = torch.randn(50, 8)
+    targets = torch.randint(0, 50, (10,))
+    hidden = torch.randn(10, 8, requires_grad=True)
+    want = F.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    (want_grad,) = torch.autograd.grad(want * 0.5, hidden)
+    got = fastpath._answer_cross_entropy().apply(hidden, weight, targets)
+    (got_grad,) = torch.autograd.grad(got * 0.5, hidden)
+    assert torch.allclose(got, want, rtol=1e-6)
+    assert torch.allclose(got_grad, want_grad, atol=1e-6)

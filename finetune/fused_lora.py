@@ -1,0 +1,183 @@
+"""LoRA layers in one pass: the frozen weight's product and the adapter's in a single
+accumulating matmul, forward and backward, instead of PEFT's separate scale, add and gradient
+sums over the whole (tokens x features) output; and a gated MLP (Llama, Mistral, Qwen: gate, up,
+down, SiLU) whose three LoRA layers run as one step that keeps only its input and the gate's and
+up's outputs for the backward pass (the SiLU and the product are recomputed there, two passes of
+elementwise work, instead of holding two more (tokens x 1536) tensors a layer).
+
+    fused_lora.apply(peft_model)     # after TRL/PEFT wrapped the model; returns layers switched
+
+The same sums as PEFT's `lora.Linear` (y = x W^T + s (x A^T) B^T, the gradients of A, B and x),
+in another order: the losses and gradients agree to float rounding (`tests/test_fused_lora.py`).
+PEFT stays the adapter's owner (config, saving, merging); only the forward of plain LoRA layers
+and of the MLPs holding them changes, and a call the fused pass does not cover (dropout, DoRA,
+several or disabled adapters, a quantized or merged base, autocast, mixed precisions) takes
+PEFT's own path. Chosen by measurement on the CPU (`python -m finetune bench train`); on a GPU
+it stays off until measured there.
+"""
+
+from __future__ import annotations
+
+import types
+
+_function = None
+_mlp: list = [None]
+
+
+def _lora_function():
+    """The autograd function, made once (torch is imported on first use)."""
+    global _function
+    if _function is not None:
+        return _function
+    import torch
+
+    class LoraLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, a, b, scale):
+            flat = x.reshape(-1, x.shape[-1])
+            low = flat @ a.t()  # (tokens, r)
+            out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
+            out.addmm_(low, b.t(), alpha=scale)
+            ctx.save_for_backward(flat, weight, a, b, low)
+            ctx.scale, ctx.shape = scale, x.shape
+            return out.view(*x.shape[:-1], weight.shape[0])
+
+        @staticmethod
+        def backward(ctx, grad):
+            flat, weight, a, b, low = ctx.saved_tensors
+            g = grad.reshape(-1, grad.shape[-1])
+            g_low = g @ b  # (tokens, r)
+            grad_a = (g_low.t() @ flat).mul_(ctx.scale) if a.requires_grad else None
+            grad_b = (g.t() @ low).mul_(ctx.scale) if b.requires_grad else None
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (g @ weight).addmm_(g_low, a, alpha=ctx.scale).view(ctx.shape)
+            return grad_x, None, None, grad_a, grad_b, None
+
+    class LoraMLP(torch.autograd.Function):
+        """down(silu(gate(x)) * up(x)), each a LoRA layer given as (W, bias, A, B, scale)."""
+
+        @staticmethod
+        def forward(ctx, x, gw, gbias, ga, gb, gs, uw, ubias, ua, ub, us, dw, dbias, da, db,
+                    ds):
+            flat = x.reshape(-1, x.shape[-1])
+            parts = [(gw, gbias, ga, gb, gs), (uw, ubias, ua, ub, us)]
+            outs, lows = [], []
+            for w, bias, a, b, s in parts:
+                low = flat @ a.t()
+                out = torch.addmm(bias, flat, w.t()) if bias is not None else flat @ w.t()
+                outs.append(out.addmm_(low, b.t(), alpha=s))
+                lows.append(low)
+            gate, up = outs
+            mid = torch.nn.functional.silu(gate).mul_(up)
+            low_d = mid @ da.t()
+            y = torch.addmm(dbias, mid, dw.t()) if dbias is not None else mid @ dw.t()
+            y.addmm_(low_d, db.t(), alpha=ds)
+            ctx.save_for_backward(flat, gate, up, lows[0], lows[1], low_d, gw, ga, gb, uw, ua,
+                                  ub, dw, da, db)
+            ctx.scales, ctx.shape = (gs, us, ds), x.shape
+            return y.view(*x.shape[:-1], dw.shape[0])
+
+        @staticmethod
+        def backward(ctx, grad):
+            (flat, gate, up, low_g, low_u, low_d, gw, ga, gb, uw, ua, ub, dw, da,
+             db) = ctx.saved_tensors
+            gs, us, ds = ctx.scales
+            g = grad.reshape(-1, grad.shape[-1])
+            act = torch.nn.functional.silu(gate)
+            g_low_d = g @ db
+            grads = [None] * 16
+            if da.requires_grad:  # the inputs' order: x, then (W, bias, A, B, scale) x 3
+                grads[13] = (g_low_d.t() @ (act * up)).mul_(ds)
+            if db.requires_grad:
+                grads[14] = (g.t() @ low_d).mul_(ds)
+            g_mid = (g @ dw).addmm_(g_low_d, da, alpha=ds)
+            g_up = g_mid * act
+            g_gate = torch.ops.aten.silu_backward(g_mid.mul_(up), gate)
+            grad_x = None
+            for go, w, a, b, s, low, at in ((g_gate, gw, ga, gb, gs, low_g, 3),
+                                            (g_up, uw, ua, ub, us, low_u, 8)):
+                g_low = go @ b
+                if a.requires_grad:
+                    grads[at] = (g_low.t() @ flat).mul_(s)
+                if b.requires_grad:
+                    grads[at + 1] = (go.t() @ low).mul_(s)
+                if ctx.needs_input_grad[0]:
+                    if grad_x is None:
+                        grad_x = (go @ w).addmm_(g_low, a, alpha=s)
+                    else:
+                        grad_x.addmm_(go, w).addmm_(g_low, a, alpha=s)
+            if grad_x is not None:
+                grads[0] = grad_x.view(ctx.shape)
+            return tuple(grads)
+
+    _function = LoraLinear
+    _mlp[0] = LoraMLP
+    return _function
+
+
+def _fusable(layer, x, args, kwargs):
+    """(weight, bias, A, B, scale) when this call is plain LoRA in one precision; else None."""
+    import torch
+
+    if args or kwargs or layer.disable_adapters or layer.merged:
+        return None
+    names = layer.active_adapters
+    if len(names) != 1 or names[0] not in layer.lora_A or names[0] in layer.lora_variant:
+        return None
+    name = names[0]
+    base, a, b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
+    if type(base) is not torch.nn.Linear or not isinstance(layer.lora_dropout[name],
+                                                           torch.nn.Identity):
+        return None
+    if b.bias is not None or torch.is_autocast_enabled(x.device.type):
+        return None
+    if base.weight.requires_grad or not (x.dtype == base.weight.dtype == a.weight.dtype ==
+                                         b.weight.dtype):
+        return None
+    return base.weight, base.bias, a.weight, b.weight, float(layer.scaling[name])
+
+
+def _forward(layer, x, *args, **kwargs):
+    parts = _fusable(layer, x, args, kwargs)
+    if parts is None:
+        return layer._peft_forward(x, *args, **kwargs)
+    return _lora_function().apply(x, *parts)
+
+
+def _mlp_forward(module, x):
+    parts = [_fusable(getattr(module, name), x, (), {})
+             for name in ("gate_proj", "up_proj", "down_proj")]
+    if any(p is None for p in parts):
+        return module._plain_forward(x)
+    _lora_function()
+    return _mlp[0].apply(x, *parts[0], *parts[1], *parts[2])
+
+
+def _gated_silu_mlp(module) -> bool:
+    """A Llama-style MLP: down(silu(gate(x)) * up(x)), its three layers PEFT LoRA layers."""
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    act = getattr(module, "act_fn", None)
+    return (all(type(getattr(module, n, None)) is Linear
+                for n in ("gate_proj", "up_proj", "down_proj"))
+            and (isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"))
+
+
+def apply(model) -> int:
+    """Switch every PEFT `lora.Linear` of the model, and every gated SiLU MLP made of three, to
+    the fused pass (per call, each falls back to PEFT's own); returns how many layers were
+    switched."""
+    from peft.tuners.lora.layer import Linear
+
+    count = 0
+    for module in model.modules():
+        if type(module) is Linear and not hasattr(module, "_peft_forward"):
+            module._peft_forward = module.forward
+            module.forward = types.MethodType(_forward, module)
+            count += 1
+        elif _gated_silu_mlp(module) and not hasattr(module, "_plain_forward"):
+            module._plain_forward = module.forward
+            module.forward = types.MethodType(_mlp_forward, module)
+    return count
