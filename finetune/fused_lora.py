@@ -48,7 +48,7 @@ def _lora_function():
             g = grad.reshape(-1, grad.shape[-1])
             g_low = g @ b  # (tokens, r)
             grad_a = (g_low.t() @ flat).mul_(ctx.scale) if a.requires_grad else None
-            grad_b = (g.t() @ low).mul_(ctx.scale) if b.requires_grad else None
+            grad_b = (low.t() @ g).mul_(ctx.scale).t() if b.requires_grad else None
             grad_x = None
             if ctx.needs_input_grad[0]:
                 grad_x = (g @ weight).addmm_(g_low, a, alpha=ctx.scale).view(ctx.shape)
@@ -84,16 +84,19 @@ def _lora_function():
              db) = ctx.saved_tensors
             gs, us, ds = ctx.scales
             g = grad.reshape(-1, grad.shape[-1])
+            # Four (tokens x intermediate) buffers in all, each reused once free: on a CPU every
+            # new buffer costs page faults (`fastpath.release_freed_memory`).
             act = torch.nn.functional.silu(gate)
+            mid = act * up
             g_low_d = g @ db
             grads = [None] * 16
             if da.requires_grad:  # the inputs' order: x, then (W, bias, A, B, scale) x 3
-                grads[13] = (g_low_d.t() @ (act * up)).mul_(ds)
+                grads[13] = (g_low_d.t() @ mid).mul_(ds)
             if db.requires_grad:
-                grads[14] = (g.t() @ low_d).mul_(ds)
+                grads[14] = (low_d.t() @ g).mul_(ds).t()
             g_mid = (g @ dw).addmm_(g_low_d, da, alpha=ds)
-            g_up = g_mid * act
-            g_gate = torch.ops.aten.silu_backward(g_mid.mul_(up), gate)
+            g_up = torch.mul(g_mid, act, out=mid)
+            g_gate = torch.ops.aten.silu_backward.grad_input(g_mid.mul_(up), gate, grad_input=act)
             grad_x = None
             for go, w, a, b, s, low, at in ((g_gate, gw, ga, gb, gs, low_g, 3),
                                             (g_up, uw, ua, ub, us, low_u, 8)):
@@ -101,7 +104,7 @@ def _lora_function():
                 if a.requires_grad:
                     grads[at] = (g_low.t() @ flat).mul_(s)
                 if b.requires_grad:
-                    grads[at + 1] = (go.t() @ low).mul_(s)
+                    grads[at + 1] = (low.t() @ go).mul_(s).t()
                 if ctx.needs_input_grad[0]:
                     if grad_x is None:
                         grad_x = (go @ w).addmm_(g_low, a, alpha=s)

@@ -35,7 +35,10 @@ def _loss_and_grads(model, ids):
 
 def test_fused_layers_give_peft_s_loss_and_gradients(tiny_model):
     plain, fused, switched = _pair(tiny_model)
-    assert switched == 7 * plain.config.num_hidden_layers  # q, k, v, o, gate, up, down
+    layers = plain.config.num_hidden_layers
+    assert switched == 7 * layers  # q, k, v, o, gate, up, down
+    swapped = [type(m).__name__ for m in fused.modules() if hasattr(m, "_plain_forward")]
+    assert swapped == ["LlamaMLP"] * layers
     ids = torch.randint(5, 700, (2, 23))
     want, want_grads = _loss_and_grads(plain, ids)
     got, got_grads = _loss_and_grads(fused, ids)
