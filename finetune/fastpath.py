@@ -90,7 +90,7 @@ def row_attention(module, query, key, value, attention_mask, **kwargs):
         mask[:, first:] = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
         k = torch.cat([ks[0], ks[i]], dim=2)
         v = torch.cat([vs[0], vs[i]], dim=2)
-        if query.device.type == "cpu" and not rest.get("dropout"):
+        if query.device.type == "cpu" and not rest.get("dropout") and rest.get("softcap") is None:
             # SDPA's CPU kernel takes grouped keys with a mask as they are; transformers would
             # first copy each key and value head once per query head (3x on the bundled model)
             out = torch.nn.functional.scaled_dot_product_attention(
@@ -232,7 +232,7 @@ class SharedPrefixCollator:
 
 
 # Models whose causal-LM head is the output layer alone (no scaling or capping of the logits), so
-# the loss can be taken from the hidden states chunk by chunk (`_AnswerCrossEntropy`).
+# the loss can be taken from the hidden states chunk by chunk (`_answer_cross_entropy`).
 PLAIN_HEADS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 LOSS_CHUNK = 64  # answer positions a chunk: 64 x 49k logits of the bundled model are 12 MB
 

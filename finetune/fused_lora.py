@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import types
 
-_function = None
-_mlp: list = [None]
+_functions: dict = {}  # "linear", "mlp": the autograd functions, made on first use
 
 
-def _lora_function():
-    """The autograd function, made once (torch is imported on first use)."""
-    global _function
-    if _function is not None:
-        return _function
+def _function(name: str):
+    """The autograd function `name` (torch is imported on first use)."""
+    if _functions:
+        return _functions[name]
     import torch
 
     class LoraLinear(torch.autograd.Function):
@@ -114,9 +112,8 @@ def _lora_function():
                 grads[0] = grad_x.view(ctx.shape)
             return tuple(grads)
 
-    _function = LoraLinear
-    _mlp[0] = LoraMLP
-    return _function
+    _functions.update(linear=LoraLinear, mlp=LoraMLP)
+    return _functions[name]
 
 
 def _fusable(layer, x, args, kwargs):
@@ -126,7 +123,8 @@ def _fusable(layer, x, args, kwargs):
     if args or kwargs or layer.disable_adapters or layer.merged:
         return None
     names = layer.active_adapters
-    if len(names) != 1 or names[0] not in layer.lora_A or names[0] in layer.lora_variant:
+    if (len(names) != 1 or names[0] not in layer.lora_A
+            or names[0] in getattr(layer, "lora_variant", {})):  # DoRA and the like
         return None
     name = names[0]
     base, a, b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
@@ -145,7 +143,7 @@ def _forward(layer, x, *args, **kwargs):
     parts = _fusable(layer, x, args, kwargs)
     if parts is None:
         return layer._peft_forward(x, *args, **kwargs)
-    return _lora_function().apply(x, *parts)
+    return _function("linear").apply(x, *parts)
 
 
 def _mlp_forward(module, x):
@@ -153,8 +151,7 @@ def _mlp_forward(module, x):
              for name in ("gate_proj", "up_proj", "down_proj")]
     if any(p is None for p in parts):
         return module._plain_forward(x)
-    _lora_function()
-    return _mlp[0].apply(x, *parts[0], *parts[1], *parts[2])
+    return _function("mlp").apply(x, *parts[0], *parts[1], *parts[2])
 
 
 def _gated_silu_mlp(module) -> bool:
