@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import types
 
-_functions: dict = {}  # "linear", "mlp": the autograd functions, made on first use
+_functions: dict = {}  # "linear", "mlp", "norm": the autograd functions, made on first use
+_made: list = [None, None]  # (token of a norm call, its output made again in a backward pass)
+# The RMSNorm classes computed as Llama's: weight * x * rsqrt(mean(x^2) + eps), no offset.
+PLAIN_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 
 
 def _function(name: str):
@@ -36,13 +39,14 @@ def _function(name: str):
             low = flat @ a.t()  # (tokens, r)
             out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
             out.addmm_(low, b.t(), alpha=scale)
-            ctx.save_for_backward(flat, weight, a, b, low)
+            ctx.save_for_backward(_kept_input(ctx, x, flat), weight, a, b, low)
             ctx.scale, ctx.shape = scale, x.shape
             return out.view(*x.shape[:-1], weight.shape[0])
 
         @staticmethod
         def backward(ctx, grad):
-            flat, weight, a, b, low = ctx.saved_tensors
+            kept, weight, a, b, low = ctx.saved_tensors
+            flat = _input(ctx, kept)
             g = grad.reshape(-1, grad.shape[-1])
             g_low = g @ b  # (tokens, r)
             grad_a = (g_low.t() @ flat).mul_(ctx.scale) if a.requires_grad else None
@@ -71,15 +75,16 @@ def _function(name: str):
             low_d = mid @ da.t()
             y = torch.addmm(dbias, mid, dw.t()) if dbias is not None else mid @ dw.t()
             y.addmm_(low_d, db.t(), alpha=ds)
-            ctx.save_for_backward(flat, gate, up, lows[0], lows[1], low_d, gw, ga, gb, uw, ua,
-                                  ub, dw, da, db)
+            ctx.save_for_backward(_kept_input(ctx, x, flat), gate, up, lows[0], lows[1], low_d,
+                                  gw, ga, gb, uw, ua, ub, dw, da, db)
             ctx.scales, ctx.shape = (gs, us, ds), x.shape
             return y.view(*x.shape[:-1], dw.shape[0])
 
         @staticmethod
         def backward(ctx, grad):
-            (flat, gate, up, low_g, low_u, low_d, gw, ga, gb, uw, ua, ub, dw, da,
+            (kept, gate, up, low_g, low_u, low_d, gw, ga, gb, uw, ua, ub, dw, da,
              db) = ctx.saved_tensors
+            flat = _input(ctx, kept)
             gs, us, ds = ctx.scales
             g = grad.reshape(-1, grad.shape[-1])
             # Four (tokens x intermediate) buffers in all, each reused once free: on a CPU every
@@ -112,8 +117,70 @@ def _function(name: str):
                 grads[0] = grad_x.view(ctx.shape)
             return tuple(grads)
 
-    _functions.update(linear=LoraLinear, mlp=LoraMLP)
+    class RMSNorm(torch.autograd.Function):
+        """weight * x / rms(x) (Llama's RMSNorm, `_norm_output`), keeping x and 1/rms(x) for a
+        backward pass with one new buffer."""
+
+        @staticmethod
+        def forward(ctx, x, weight, eps):
+            out, rstd = _norm_output(x, weight, eps)
+            ctx.save_for_backward(x, weight, rstd)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            # rstd * (g - n * mean(g * n)), g = grad * weight, n = x * rstd: one new buffer
+            x, weight, rstd = ctx.saved_tensors
+            g = grad * weight
+            coef = torch.linalg.vecdot(g, x).unsqueeze(-1).mul_(rstd.pow(3)).div_(x.shape[-1])
+            return g.mul_(rstd).addcmul_(x, coef, value=-1), None, None
+
+    _functions.update(linear=LoraLinear, mlp=LoraMLP, norm=RMSNorm)
     return _functions[name]
+
+
+def _norm_output(x, weight, eps):
+    """(Llama's RMSNorm of x, 1/rms(x)): transformers' formula, weight * (x * rstd), its mean
+    square summed in another order and no buffer but the output's; computed the same way
+    forward and when made again in `_input`."""
+    import torch
+
+    rstd = torch.linalg.vecdot(x, x).unsqueeze(-1).div_(x.shape[-1]).add_(eps).rsqrt_()
+    return torch.mul(x, rstd).mul_(weight), rstd
+
+
+def _kept_input(ctx, x, flat):
+    """What a fused layer keeps for its backward pass to know its input: the input itself, or,
+    for the output of a fused RMSNorm, that norm's input (which the norm keeps anyway), the input
+    being made again from it in the backward pass. Saves one (tokens x hidden) tensor a norm."""
+    source = getattr(x, "_normed_from", None)
+    ctx.norm = source and source[1:]
+    return flat if source is None else source[0]
+
+
+def _input(ctx, kept):
+    """The flat input of a fused layer in its backward pass (`_kept_input`); a norm's output made
+    again is shared by the layers it feeds (q, k and v) through a one-entry cache, matched by the
+    norm call's own token."""
+    if not ctx.norm:
+        return kept
+    weight, eps, token = ctx.norm
+    if _made[0] is not token:
+        _made[:] = [token, _norm_output(kept, weight, eps)[0].reshape(-1, kept.shape[-1])]
+    return _made[1]
+
+
+def _norm_forward(module, x):
+    import torch
+
+    weight = module.weight
+    if (weight.requires_grad or x.dtype != weight.dtype or not torch.is_grad_enabled()
+            or torch.is_autocast_enabled(x.device.type)):
+        return module._plain_forward(x)
+    eps = float(module.variance_epsilon)
+    out = _function("norm").apply(x, weight, eps)
+    out._normed_from = (x, weight, eps, object())
+    return out
 
 
 def _fusable(layer, x, args, kwargs):
@@ -180,4 +247,7 @@ def apply(model) -> int:
         elif _gated_silu_mlp(module) and not hasattr(module, "_plain_forward"):
             module._plain_forward = module.forward
             module.forward = types.MethodType(_mlp_forward, module)
+        elif type(module).__name__ in PLAIN_NORMS and not hasattr(module, "_plain_forward"):
+            module._plain_forward = module.forward
+            module.forward = types.MethodType(_norm_forward, module)
     return count
