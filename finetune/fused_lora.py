@@ -3,14 +3,16 @@ accumulating matmul, forward and backward, instead of PEFT's separate scale, add
 sums over the whole (tokens x features) output; and a gated MLP (Llama, Mistral, Qwen: gate, up,
 down, SiLU) whose three LoRA layers run as one step that keeps only its input and the gate's and
 up's outputs for the backward pass (the SiLU and the product are recomputed there, two passes of
-elementwise work, instead of holding two more (tokens x 1536) tensors a layer).
+elementwise work, instead of holding two more (tokens x 1536) tensors a layer); and Llama's
+RMSNorm as one step whose output the layers it feeds do not keep: they keep its input, which the
+norm keeps anyway, and make the output again in their backward pass (`_kept_input`).
 
     fused_lora.apply(peft_model)     # after TRL/PEFT wrapped the model; returns layers switched
 
 The same sums as PEFT's `lora.Linear` (y = x W^T + s (x A^T) B^T, the gradients of A, B and x),
 in another order: the losses and gradients agree to float rounding (`tests/test_fused_lora.py`).
-PEFT stays the adapter's owner (config, saving, merging); only the forward of plain LoRA layers
-and of the MLPs holding them changes, and a call the fused pass does not cover (dropout, DoRA,
+PEFT stays the adapter's owner (config, saving, merging); only the forward of plain LoRA layers,
+of the MLPs holding them and of the norms changes, and a call the fused pass does not cover (dropout, DoRA,
 several or disabled adapters, a quantized or merged base, autocast, mixed precisions) takes
 PEFT's own path. Chosen by measurement on the CPU (`python -m finetune bench train`); on a GPU
 it stays off until measured there.
@@ -233,9 +235,9 @@ def _gated_silu_mlp(module) -> bool:
 
 
 def apply(model) -> int:
-    """Switch every PEFT `lora.Linear` of the model, and every gated SiLU MLP made of three, to
-    the fused pass (per call, each falls back to PEFT's own); returns how many layers were
-    switched."""
+    """Switch every PEFT `lora.Linear` of the model, every gated SiLU MLP made of three and every
+    `PLAIN_NORMS` norm to the fused pass (per call, each falls back to its own); returns how many
+    LoRA layers were switched."""
     from peft.tuners.lora.layer import Linear
 
     count = 0
