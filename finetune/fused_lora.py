@@ -156,7 +156,9 @@ def _kept_input(ctx, x, flat):
     for the output of a fused RMSNorm, that norm's input (which the norm keeps anyway), the input
     being made again from it in the backward pass. Saves one (tokens x hidden) tensor a norm."""
     source = getattr(x, "_normed_from", None)
-    ctx.norm = source and source[1:]
+    if source is not None and source[4] != x._version:  # changed in place since: keep it
+        source = None
+    ctx.norm = source and source[1:4]
     return flat if source is None else source[0]
 
 
@@ -181,7 +183,7 @@ def _norm_forward(module, x):
         return module._plain_forward(x)
     eps = float(module.variance_epsilon)
     out = _function("norm").apply(x, weight, eps)
-    out._normed_from = (x, weight, eps, object())
+    out._normed_from = (x, weight, eps, object(), out._version)
     return out
 
 

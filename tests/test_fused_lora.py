@@ -92,3 +92,24 @@ def test_calls_the_fused_pass_does_not_cover_take_peft_s_path(tiny_model, case, 
         got = fused(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5)
     assert taken and not any(taken)  # every layer was asked, and went PEFT's way
+
+
+def test_a_norm_output_changed_in_place_is_kept_as_it_is(tiny_model):
+    """A layer fed by a fused norm keeps the norm's input and makes the output again in its
+    backward pass, unless the output was changed in place in between: then it keeps it."""
+    from peft.tuners.lora.layer import Linear
+
+    _, fused, _ = _pair(tiny_model)
+    base = fused.get_base_model().model
+    norm, layer = base.layers[0].input_layernorm, base.layers[0].self_attn.q_proj
+    assert type(layer) is Linear
+    a = layer.lora_A["default"].weight
+    x = torch.randn(1, 5, fused.config.hidden_size)
+    for change in (False, True):
+        out = norm(x * 1.0)
+        if change:
+            out.mul_(2.0)
+        (got,) = torch.autograd.grad(layer(out).square().sum(), a)  # A's gradient reads the input
+        want_out = norm._plain_forward(x * 1.0) * (2.0 if change else 1.0)
+        (want,) = torch.autograd.grad(layer._peft_forward(want_out).square().sum(), a)
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), change
