@@ -77,30 +77,43 @@ def row_attention(module, query, key, value, attention_mask, **kwargs):
     # zero tensor of the whole batch (rows x tokens of work), a split's is one concatenation.
     sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
     qs, ks, vs = (t.split(sizes, dim=2) for t in (query, key, value))
-    outs = []
+    # On a CPU, SDPA itself: its kernel takes grouped keys as they are, with a mask too
+    # (transformers copies each key and value head once per query head for a mask: 3x on the
+    # bundled model), and its outputs, which it keeps for its backward pass, are all the fused
+    # o_proj needs to make its input again (`fused_lora.remake_later`).
+    direct = query.device.type == "cpu" and not rest.get("dropout") and rest.get("softcap") is None
+    outs, raws = [], []
     for i, (n, first) in enumerate(zip(sizes, firsts)):
         if n <= 0:
             continue
-        if first == 0 or first != prefix:  # a row of its own: causal within it
-            outs.append(sdpa_attention_forward(module, qs[i], ks[i], vs[i], None,
-                                               is_causal=True, **rest)[0])
-            continue
-        # a row continuing the shared prefix (chunk 0): it sees all of it, then itself causally
-        mask = torch.ones(n, first + n, dtype=torch.bool, device=query.device)
-        mask[:, first:] = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-        k = torch.cat([ks[0], ks[i]], dim=2)
-        v = torch.cat([vs[0], vs[i]], dim=2)
-        if query.device.type == "cpu" and not rest.get("dropout") and rest.get("softcap") is None:
-            # SDPA's CPU kernel takes grouped keys with a mask as they are; transformers would
-            # first copy each key and value head once per query head (3x on the bundled model)
-            out = torch.nn.functional.scaled_dot_product_attention(
-                qs[i], k, v, attn_mask=mask[None, None], scale=rest.get("scaling"),
-                enable_gqa=k.shape[1] != qs[i].shape[1])
-            outs.append(out.transpose(1, 2))
-            continue
-        outs.append(sdpa_attention_forward(module, qs[i], k, v, mask[None, None],
-                                           is_causal=False, **rest)[0])
-    return torch.cat(outs, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns
+        own = first == 0 or first != prefix  # a row of its own: causal within it
+        mask, k, v = None, ks[i], vs[i]
+        if not own:  # a row continuing the shared prefix (chunk 0): all of it, then itself
+            mask = torch.ones(n, first + n, dtype=torch.bool, device=query.device)
+            mask[:, first:] = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
+            mask = mask[None, None]
+            k, v = torch.cat([ks[0], k], dim=2), torch.cat([vs[0], v], dim=2)
+        if direct:
+            raws.append(torch.nn.functional.scaled_dot_product_attention(
+                qs[i], k, v, attn_mask=mask, is_causal=own, scale=rest.get("scaling"),
+                enable_gqa=k.shape[1] != qs[i].shape[1]))
+            outs.append(raws[-1].transpose(1, 2))
+        else:
+            outs.append(sdpa_attention_forward(module, qs[i], k, v, mask, is_causal=own,
+                                               **rest)[0])
+    out = torch.cat(outs, dim=1)  # (batch, tokens, heads, head_dim), as SDPA returns
+    if raws and torch.is_grad_enabled():
+        from finetune import fused_lora
+
+        fused_lora.remake_later(out, _rows_output, raws)
+    return out, None
+
+
+def _rows_output(raws):
+    """The row attention's output made again from SDPA's outputs of its rows."""
+    import torch
+
+    return torch.cat([r.transpose(1, 2) for r in raws], dim=1)
 
 
 def _row_mask(*args, attention_mask=None, **kwargs):

@@ -5,16 +5,17 @@ down, SiLU) whose three LoRA layers run as one step that keeps only its input an
 up's outputs for the backward pass (the SiLU and the product are recomputed there, two passes of
 elementwise work, instead of holding two more (tokens x 1536) tensors a layer); and Llama's
 RMSNorm as one step whose output the layers it feeds do not keep: they keep its input, which the
-norm keeps anyway, and make the output again in their backward pass (`_kept_input`).
+norm keeps anyway, and make the output again in their backward pass (`_kept_input`; the same for
+the output of `fastpath.row_attention`, made again from SDPA's own kept outputs).
 
     fused_lora.apply(peft_model)     # after TRL/PEFT wrapped the model; returns layers switched
 
 The same sums as PEFT's `lora.Linear` (y = x W^T + s (x A^T) B^T, the gradients of A, B and x),
 in another order: the losses and gradients agree to float rounding (`tests/test_fused_lora.py`).
 PEFT stays the adapter's owner (config, saving, merging); only the forward of plain LoRA layers,
-of the MLPs holding them and of the norms changes, and a call the fused pass does not cover (dropout, DoRA,
-several or disabled adapters, a quantized or merged base, autocast, mixed precisions) takes
-PEFT's own path. Chosen by measurement on the CPU (`python -m finetune bench train`); on a GPU
+of the MLPs holding them and of the norms changes, and a call the fused pass does not cover
+(dropout, DoRA, several or disabled adapters, a quantized or merged base, autocast, mixed
+precisions) takes PEFT's own path. Chosen by measurement on the CPU (`python -m finetune bench train`); on a GPU
 it stays off until measured there.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import types
 
 _functions: dict = {}  # "linear", "mlp", "norm": the autograd functions, made on first use
-_made: list = [None, None]  # (token of a norm call, its output made again in a backward pass)
+_made: list = [None, None]  # (token of a `remake_later` mark, its tensor made again)
 # The RMSNorm classes computed as Llama's: weight * x * rsqrt(mean(x^2) + eps), no offset.
 PLAIN_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 
@@ -151,27 +152,42 @@ def _norm_output(x, weight, eps):
     return torch.mul(x, rstd).mul_(weight), rstd
 
 
+def remake_later(out, recipe, *inputs) -> None:
+    """Mark `out` as `recipe(*inputs)`, so that a fused layer it feeds keeps `inputs` (tensors
+    that their own layers keep anyway) instead of `out`, and makes `out` again in its backward
+    pass (`_kept_input`)."""
+    out._made_again = (recipe, inputs, object(), out._version)
+
+
 def _kept_input(ctx, x, flat):
     """What a fused layer keeps for its backward pass to know its input: the input itself, or,
-    for the output of a fused RMSNorm, that norm's input (which the norm keeps anyway), the input
-    being made again from it in the backward pass. Saves one (tokens x hidden) tensor a norm."""
-    source = getattr(x, "_normed_from", None)
-    if source is not None and source[4] != x._version:  # changed in place since: keep it
-        source = None
-    ctx.norm = source and source[1:4]
-    return flat if source is None else source[0]
+    for an input marked by `remake_later` (a fused norm's output, the row attention's) and not
+    changed in place since, nothing: the inputs of its recipe are held and it is made again in
+    the backward pass. Saves one (tokens x hidden) tensor a norm and an attention."""
+    holder = x if x._base is None else x._base  # o_proj gets a view of the attention's output
+    mark = getattr(holder, "_made_again", None)
+    whole = holder is x or (x.is_contiguous() and holder.is_contiguous()
+                            and x.numel() == holder.numel())
+    if mark is not None and (mark[3] != holder._version or not whole):
+        mark = None  # changed in place since, or only a part of it seen: keep the input
+    ctx.remake = mark and (*mark[:3], flat.shape[-1])
+    return flat if mark is None else flat.new_empty(0)
 
 
 def _input(ctx, kept):
-    """The flat input of a fused layer in its backward pass (`_kept_input`); a norm's output made
-    again is shared by the layers it feeds (q, k and v) through a one-entry cache, matched by the
-    norm call's own token."""
-    if not ctx.norm:
+    """The flat input of a fused layer in its backward pass (`_kept_input`); an input made again
+    is shared by the layers it feeds (q, k and v) through a one-entry cache, matched by the
+    mark's own token."""
+    if not ctx.remake:
         return kept
-    weight, eps, token = ctx.norm
+    recipe, inputs, token, width = ctx.remake
     if _made[0] is not token:
-        _made[:] = [token, _norm_output(kept, weight, eps)[0].reshape(-1, kept.shape[-1])]
+        _made[:] = [token, recipe(*inputs).reshape(-1, width)]
     return _made[1]
+
+
+def _norm_made_again(x, weight, eps):
+    return _norm_output(x, weight, eps)[0]
 
 
 def _norm_forward(module, x):
@@ -183,7 +199,7 @@ def _norm_forward(module, x):
         return module._plain_forward(x)
     eps = float(module.variance_epsilon)
     out = _function("norm").apply(x, weight, eps)
-    out._normed_from = (x, weight, eps, object(), out._version)
+    remake_later(out, _norm_made_again, x, weight, eps)
     return out
 
 

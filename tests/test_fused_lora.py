@@ -113,3 +113,29 @@ def test_a_norm_output_changed_in_place_is_kept_as_it_is(tiny_model):
         want_out = norm._plain_forward(x * 1.0) * (2.0 if change else 1.0)
         (want,) = torch.autograd.grad(layer._peft_forward(want_out).square().sum(), a)
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), change
+
+
+def test_fused_layers_on_row_attention_give_peft_s_gradients(tiny_model):
+    """Packed rows sharing a prefix, attention row by row: o_proj makes its input again from
+    SDPA's kept outputs; every adapter's gradient is PEFT's on the same batch."""
+    from finetune import fastpath
+
+    plain, fused, _ = _pair(tiny_model)
+    for model in (plain, fused):
+        fastpath.prepare_model(model.get_base_model())
+    torch.manual_seed(3)
+    prefix = torch.randint(5, 700, (6,)).tolist()
+    rows = [{"input_ids": prefix + torch.randint(5, 700, (n,)).tolist()} for n in (9, 4, 13)]
+    for row in rows:
+        row["labels"] = [-100] * 8 + row["input_ids"][8:]
+    collate = fastpath.collator(type("Tok", (), {"pad_token_id": 0}), False, plain)
+    batch = collate(rows)
+    assert batch["input_ids"].shape[1] == 6 + 9 + 4 + 13  # the prefix laid once
+    grads = []
+    for model in (plain, fused):
+        model.zero_grad()
+        loss, _ = fastpath.answer_loss(model, batch)
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, atol=1e-6, rtol=1e-4), name
