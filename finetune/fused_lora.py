@@ -15,8 +15,8 @@ in another order: the losses and gradients agree to float rounding (`tests/test_
 PEFT stays the adapter's owner (config, saving, merging); only the forward of plain LoRA layers,
 of the MLPs holding them and of the norms changes, and a call the fused pass does not cover
 (dropout, DoRA, several or disabled adapters, a quantized or merged base, autocast, mixed
-precisions) takes PEFT's own path. Chosen by measurement on the CPU (`python -m finetune bench train`); on a GPU
-it stays off until measured there.
+precisions) takes PEFT's own path. Chosen by measurement on the CPU (`python -m finetune bench
+train`); on a GPU it stays off until measured there.
 """
 
 from __future__ import annotations
