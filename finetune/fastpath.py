@@ -20,10 +20,13 @@ What it changes, and only inside TRL's SFTTrainer (TRL and PEFT stay the engine)
 - No per-step pass over the logits for metrics (TRL logs entropy and token accuracy every step).
 - Validation returns the loss only (no logits gathered across batches).
 - On a CPU with glibc, freed activations go back to the system (`release_freed_memory`).
-- On a CPU, PEFT's LoRA layers and the gated MLPs holding them in one pass each (`fused_lora`).
+- On a CPU, PEFT's LoRA layers, the gated MLPs holding them and Llama's RMSNorm in one pass each
+  (`fused_lora`).
 """
 
 from __future__ import annotations
+
+import functools
 
 ROW_ATTENTION = "sdpa_rows"
 # The last batch's row bounds: every layer gets the same tensor, read from the device once. Held
@@ -267,18 +270,13 @@ def _plain_head(model):
     return head
 
 
-_cross_entropy = None
-
-
+@functools.cache
 def _answer_cross_entropy():
     """Summed cross-entropy of the answer tokens straight from their hidden states and the frozen
     head: logits made `LOSS_CHUNK` positions at a time, the gradient of the hidden states taken
     in the same pass, so no (answers x vocabulary) logits, log-softmax or gradient is ever held
     whole (~60 MB each for 8 rows of sample:contacts). The same sums as `F.cross_entropy` on
     fp32 logits."""
-    global _cross_entropy
-    if _cross_entropy is not None:
-        return _cross_entropy
     import torch
 
     class AnswerCrossEntropy(torch.autograd.Function):
@@ -303,8 +301,7 @@ def _answer_cross_entropy():
             (grad,) = ctx.saved_tensors
             return grad * g, None, None
 
-    _cross_entropy = AnswerCrossEntropy
-    return _cross_entropy
+    return AnswerCrossEntropy
 
 
 def answer_loss(model, inputs: dict, num_items_in_batch=None):

@@ -35,13 +35,28 @@ def _function(name: str):
         return _functions[name]
     import torch
 
+    def lora_out(flat, weight, bias, a, b, scale):
+        """(flat W^T + bias + s (flat A^T) B^T, flat A^T): one accumulating matmul."""
+        low = flat @ a.t()  # (tokens, r)
+        out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
+        return out.addmm_(low, b.t(), alpha=scale), low
+
+    def lora_grads(g, flat, weight, a, b, scale, low, grad_x=None, want_x=True):
+        """(the input's gradient, added to `grad_x` when given; A's; B's) of `lora_out`, for
+        the output's gradient g."""
+        g_low = g @ b  # (tokens, r)
+        grad_a = (g_low.t() @ flat).mul_(scale) if a.requires_grad else None
+        grad_b = (low.t() @ g).mul_(scale).t() if b.requires_grad else None
+        if want_x:
+            grad_x = g @ weight if grad_x is None else grad_x.addmm_(g, weight)
+            grad_x.addmm_(g_low, a, alpha=scale)
+        return grad_x, grad_a, grad_b
+
     class LoraLinear(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, weight, bias, a, b, scale):
             flat = x.reshape(-1, x.shape[-1])
-            low = flat @ a.t()  # (tokens, r)
-            out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
-            out.addmm_(low, b.t(), alpha=scale)
+            out, low = lora_out(flat, weight, bias, a, b, scale)
             ctx.save_for_backward(_kept_input(ctx, x, flat), weight, a, b, low)
             ctx.scale, ctx.shape = scale, x.shape
             return out.view(*x.shape[:-1], weight.shape[0])
@@ -51,12 +66,10 @@ def _function(name: str):
             kept, weight, a, b, low = ctx.saved_tensors
             flat = _input(ctx, kept)
             g = grad.reshape(-1, grad.shape[-1])
-            g_low = g @ b  # (tokens, r)
-            grad_a = (g_low.t() @ flat).mul_(ctx.scale) if a.requires_grad else None
-            grad_b = (low.t() @ g).mul_(ctx.scale).t() if b.requires_grad else None
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = (g @ weight).addmm_(g_low, a, alpha=ctx.scale).view(ctx.shape)
+            grad_x, grad_a, grad_b = lora_grads(g, flat, weight, a, b, ctx.scale, low,
+                                                want_x=ctx.needs_input_grad[0])
+            if grad_x is not None:
+                grad_x = grad_x.view(ctx.shape)
             return grad_x, None, None, grad_a, grad_b, None
 
     class LoraMLP(torch.autograd.Function):
@@ -66,19 +79,11 @@ def _function(name: str):
         def forward(ctx, x, gw, gbias, ga, gb, gs, uw, ubias, ua, ub, us, dw, dbias, da, db,
                     ds):
             flat = x.reshape(-1, x.shape[-1])
-            parts = [(gw, gbias, ga, gb, gs), (uw, ubias, ua, ub, us)]
-            outs, lows = [], []
-            for w, bias, a, b, s in parts:
-                low = flat @ a.t()
-                out = torch.addmm(bias, flat, w.t()) if bias is not None else flat @ w.t()
-                outs.append(out.addmm_(low, b.t(), alpha=s))
-                lows.append(low)
-            gate, up = outs
+            gate, low_g = lora_out(flat, gw, gbias, ga, gb, gs)
+            up, low_u = lora_out(flat, uw, ubias, ua, ub, us)
             mid = torch.nn.functional.silu(gate).mul_(up)
-            low_d = mid @ da.t()
-            y = torch.addmm(dbias, mid, dw.t()) if dbias is not None else mid @ dw.t()
-            y.addmm_(low_d, db.t(), alpha=ds)
-            ctx.save_for_backward(_kept_input(ctx, x, flat), gate, up, lows[0], lows[1], low_d,
+            y, low_d = lora_out(mid, dw, dbias, da, db, ds)
+            ctx.save_for_backward(_kept_input(ctx, x, flat), gate, up, low_g, low_u, low_d,
                                   gw, ga, gb, uw, ua, ub, dw, da, db)
             ctx.scales, ctx.shape = (gs, us, ds), x.shape
             return y.view(*x.shape[:-1], dw.shape[0])
@@ -94,28 +99,15 @@ def _function(name: str):
             # new buffer costs page faults (`fastpath.release_freed_memory`).
             act = torch.nn.functional.silu(gate)
             mid = act * up
-            g_low_d = g @ db
-            grads = [None] * 16
-            if da.requires_grad:  # the inputs' order: x, then (W, bias, A, B, scale) x 3
-                grads[13] = (g_low_d.t() @ mid).mul_(ds)
-            if db.requires_grad:
-                grads[14] = (low_d.t() @ g).mul_(ds).t()
-            g_mid = (g @ dw).addmm_(g_low_d, da, alpha=ds)
+            grads = [None] * 16  # the inputs' order: x, then (W, bias, A, B, scale) x 3
+            g_mid, grads[13], grads[14] = lora_grads(g, mid, dw, da, db, ds, low_d)
             g_up = torch.mul(g_mid, act, out=mid)
             g_gate = torch.ops.aten.silu_backward.grad_input(g_mid.mul_(up), gate, grad_input=act)
-            grad_x = None
-            for go, w, a, b, s, low, at in ((g_gate, gw, ga, gb, gs, low_g, 3),
-                                            (g_up, uw, ua, ub, us, low_u, 8)):
-                g_low = go @ b
-                if a.requires_grad:
-                    grads[at] = (g_low.t() @ flat).mul_(s)
-                if b.requires_grad:
-                    grads[at + 1] = (low.t() @ go).mul_(s).t()
-                if ctx.needs_input_grad[0]:
-                    if grad_x is None:
-                        grad_x = (go @ w).addmm_(g_low, a, alpha=s)
-                    else:
-                        grad_x.addmm_(go, w).addmm_(g_low, a, alpha=s)
+            want_x = ctx.needs_input_grad[0]
+            grad_x, grads[3], grads[4] = lora_grads(g_gate, flat, gw, ga, gb, gs, low_g,
+                                                    want_x=want_x)
+            grad_x, grads[8], grads[9] = lora_grads(g_up, flat, uw, ua, ub, us, low_u, grad_x,
+                                                    want_x=want_x)
             if grad_x is not None:
                 grads[0] = grad_x.view(ctx.shape)
             return tuple(grads)
