@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # The trainer keeps the checkpoint with the highest rank: the score first, then (between equal
@@ -145,6 +145,17 @@ class Stopper:
         self.kept = now
         return 2.0
 
+    def to_dict(self) -> dict:
+        """What the rule has seen and decided, for a checkpoint (JSON)."""
+        return {"history": [asdict(v) for v in self.history], "reason": self.reason,
+                "flat": self.flat, "kept": asdict(self.kept) if self.kept else None}
+
+    def restore(self, saved: dict) -> None:
+        """Continue from `to_dict()` of a checkpoint: a resumed run counts on from there."""
+        self.history = [Validation(**v) for v in saved.get("history", [])]
+        self.reason, self.flat = saved.get("reason"), int(saved.get("flat", 0))
+        self.kept = Validation(**saved["kept"]) if saved.get("kept") else None
+
     def best_words(self) -> str:
         """How the kept checkpoint scored, for the end reason ('' without a score)."""
         b = self.best()
@@ -158,6 +169,19 @@ class Anneal:
     start: int  # the step the rule said stop
     end: int  # the step the run ends at
     level: float  # the rate at `start`, as a share of the peak
+    levels: list[float] = field(default_factory=list)  # each parameter group's share at `start`
+    until: int = 0  # the scheduler's count at which the rate reaches 0
+
+    def apply(self, scheduler) -> bool:
+        """Make `scheduler` (a LambdaLR, as transformers makes them, or one wrapped by
+        accelerate) fall linearly from `levels` to 0 at `until`; False for another kind."""
+        inner = getattr(scheduler, "scheduler", scheduler)
+        if not getattr(inner, "lr_lambdas", None) or len(inner.lr_lambdas) != len(self.levels):
+            return False
+        steps, until = self.end - self.start, self.until
+        inner.lr_lambdas = [lambda t, at=lv: at * max(0.0, (until - t) / steps)
+                            for lv in self.levels]
+        return True
 
     def words(self) -> str:
         return (f"; then {self.end - self.start} steps with the learning rate falling to 0 "
@@ -179,9 +203,9 @@ def plan_anneal(scheduler, step: int, max_steps: int) -> Anneal | None:
     steps = min(max(1, round(ANNEAL_SHARE * step)), max_steps - step)
     if level <= ANNEAL_ABOVE or steps < 1:
         return None
-    end = now + steps
-    inner.lr_lambdas = [lambda t, at=lv: at * max(0.0, (end - t) / steps) for lv in levels]
-    return Anneal(step, step + steps, level)
+    anneal = Anneal(step, step + steps, level, levels, now + steps)
+    anneal.apply(inner)
+    return anneal
 
 
 def score_answers(answers: list[str], references: list[str], metric: str) -> float:
@@ -205,11 +229,32 @@ def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path
     metrics.jsonl, hand the trainer the rank it keeps the best checkpoint by, and stop the run
     when the stopper says so."""
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
 
     from finetune import generation, runinfo
 
-    class StopCallback(TrainerCallback):
+    class StopCallback(TrainerCallback, ExportableState):
         anneal: Anneal | None = None
+
+        # The trainer writes state() into each checkpoint's trainer_state.json and, resuming,
+        # makes a new StopCallback and sets `saved` on it (`restore_callback_states_from_
+        # checkpoint`): a run stopped and resumed keeps its validations and its annealing.
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"saved": self.saved}}
+
+        @property
+        def saved(self) -> dict:
+            return {"stopper": stopper.to_dict(),
+                    "anneal": asdict(self.anneal) if self.anneal else None}
+
+        @saved.setter
+        def saved(self, value: dict) -> None:
+            stopper.restore(value.get("stopper", {}))
+            self.anneal = Anneal(**value["anneal"]) if value.get("anneal") else None
+
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kw):
+            if self.anneal is not None and lr_scheduler is not None:  # resumed while annealing
+                self.anneal.apply(lr_scheduler)
 
         def on_step_end(self, args, state, control, **kw):
             if self.anneal is not None and state.global_step >= self.anneal.end:
@@ -302,4 +347,4 @@ def trainer_settings(early: bool) -> dict:
     if not early:
         return {"load_best_model_at_end": False}
     return {"load_best_model_at_end": True, "metric_for_best_model": RANK_METRIC,
-            "greater_is_better": True}
+            "greater_is_better": True, "restore_callback_states_from_checkpoint": True}

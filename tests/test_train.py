@@ -133,3 +133,34 @@ def test_a_run_stopped_at_a_high_learning_rate_anneals_it_to_zero_first(tiny_mod
     lrs = {m["step"]: m["lr"] for m in runinfo.read_metrics(run_dir) if m.get("lr") is not None}
     # the rate each step used: the peak until the stop, then falling by a half a step
     assert [lrs[s] for s in (10, 11, 12)] == pytest.approx([1e-3, 1e-3, 5e-4])
+
+
+def test_a_run_stopped_while_annealing_resumes_the_annealing(tiny_model, tiny_data, monkeypatch):
+    # The run above, stopped by the user at step 11 (inside its annealing) and resumed: it
+    # ends at step 12 as if never stopped, with the same rates and the same reason.
+    from transformers import TrainerCallback
+
+    make = train._make_callbacks
+
+    def stop_at_11(run_dir, stop, total_steps):
+        class StopAt11(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                if state.global_step == 10:  # the user presses Stop during step 11
+                    stop.request()
+        return make(run_dir, stop, total_steps) + [StopAt11()]
+
+    cfg = tiny_config(tiny_model, tiny_data, max_steps=40, eval_steps=10, save_steps=10,
+                      learning_rate=1e-3, early_stopping=True, early_stopping_loss=10.0)
+    run_dir = jobs.prepare_run(cfg).run_dir
+    with monkeypatch.context() as m:
+        m.setattr(train, "_make_callbacks", stop_at_11)
+        assert train.run(run_dir)["state"] == "stopped"
+    assert runinfo.read_status(run_dir)["step"] == 11
+
+    status = train.run(run_dir, resume=True)
+    assert status["state"] == "completed" and status["step"] == 12, status
+    assert "the task is learned; then 2 steps with the learning rate falling to 0 (it was at " \
+        "100% of its peak)" in status["end_reason"]
+    assert status["best_step"] == 12
+    lrs = {m["step"]: m["lr"] for m in runinfo.read_metrics(run_dir) if m.get("lr") is not None}
+    assert [lrs[s] for s in (10, 11, 12)] == pytest.approx([1e-3, 1e-3, 5e-4])
