@@ -12,6 +12,7 @@ looks at runs.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -227,7 +228,7 @@ def stream(model, tokenizer, messages: list[Message], settings: GenerationSettin
     Generation stops at the model's end token, at `settings.max_new_tokens`, at the first stop
     string (which is not shown), or when the caller stops iterating (e.g. a Gradio cancel)."""
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     halt = threading.Event()
 
@@ -238,7 +239,7 @@ def stream(model, tokenizer, messages: list[Message], settings: GenerationSettin
 
     ids = prompt_ids(tokenizer, _fit_context(model, tokenizer, messages, settings.max_new_tokens))
     input_ids = torch.tensor([ids], device=model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = _token_streamer()(tokenizer, skip_prompt=True, skip_special_tokens=True)
     cfg = generation_config(model, tokenizer, settings)
     failure: list[BaseException] = []
 
@@ -281,6 +282,41 @@ def stream(model, tokenizer, messages: list[Message], settings: GenerationSettin
         thread.join(timeout=30)
     if failure:
         raise failure[0]
+
+
+@functools.cache
+def _token_streamer():
+    """transformers' TextIteratorStreamer, sending the text of each token as it comes.
+
+    The stock streamer shows a word only once the next one starts (a later token may change how
+    the text decodes), so the first word of an answer waited a token or more. A tokenizer that
+    does not clean up spaces (`clean_up_tokenization_spaces` False, as byte-level BPE and
+    SentencePiece models ship) decodes a longer run of tokens to the same text plus more, except
+    for a character whose bytes are split over tokens: that shows as U+FFFD and is held back
+    until its last byte arrives. A tokenizer that cleans up spaces keeps the word-by-word way."""
+
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):
+        def put(self, value):
+            if getattr(self.tokenizer, "clean_up_tokenization_spaces", False):
+                return super().put(value)
+            if value.dim() > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            ready = text.rstrip("\ufffd")
+            printable = ready[self.print_len:]
+            if ready.endswith("\n"):  # as the stock streamer: start a new cache after a line
+                self.token_cache, self.print_len = [], 0
+            else:
+                self.print_len = len(ready)
+            self.on_finalized_text(printable)
+
+    return TokenStreamer
 
 
 def _fit_context(model, tokenizer, messages: list[Message], max_new_tokens: int) -> list[Message]:

@@ -57,6 +57,31 @@ def test_stream_yields_pieces_that_join_to_the_full_answer(run):
     assert "".join(cut) == "".join(pieces)[:"".join(pieces).index(stop)]
 
 
+def test_each_token_shows_at_once_and_a_split_character_when_whole(tiny_model):
+    import torch
+    from transformers import AutoTokenizer
+
+    from finetune import generation
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    text = "Café, naïve 日本 ok"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text  # some character is split over tokens:
+    assert any("\ufffd" in tok.decode(ids[:k]) for k in range(1, len(ids)))
+    streamer = generation._token_streamer()(tok, skip_prompt=True, skip_special_tokens=True)
+    streamer.put(torch.tensor([ids[:2]]))  # the prompt: not shown
+    shown = []
+    for i in ids:  # what the Chat window gets after each generated token
+        streamer.put(torch.tensor([i]))
+        shown.append(streamer.text_queue.get_nowait())
+    streamer.end()
+    shown.append(streamer.text_queue.get_nowait())
+    assert shown[0] == tok.decode(ids[:1]) != ""  # the first token, before the second comes
+    assert "".join(shown) == text
+    assert not any("\ufffd" in s for s in shown)  # half a character is never shown
+    assert "" in shown[:-1]  # ...it waits for its other bytes
+
+
 def test_cache_keeps_base_and_tuned_and_cli_answers(run, tiny_model, capsys):
     from finetune import chat, cli
 
