@@ -406,6 +406,19 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "chat": cmd_chat, "data": cmd_
             "models": cmd_models, "bench": cmd_bench, "export": cmd_export, "push": cmd_push}
 
 
+TRAINING_COMMANDS = ("train", "resume", "bench")
+
+
+def entry() -> None:
+    """`python -m finetune` and the `finetune` script: a command that trains starts again with
+    the faster allocator first (`allocator.reexec`), then `main`."""
+    if sys.argv[1:2] and sys.argv[1] in TRAINING_COMMANDS:
+        from finetune import allocator
+
+        allocator.reexec()
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:

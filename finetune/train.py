@@ -218,7 +218,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     from transformers import set_seed
     from trl import SFTConfig
 
-    from finetune import data, fastpath, hardware, models, stopping
+    from finetune import allocator, data, fastpath, hardware, models, stopping
 
     import datasets
 
@@ -300,6 +300,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     fused = fastpath.fuse_adapters(trainer.model)
     if fused:
         _log(run_dir, tee, f"LoRA layers fused: {fused}")
+    if hw.device == "cpu":
+        _log(run_dir, tee, f"memory allocator: {allocator.describe()}")
     if cfg.precision == "fp16":  # loss scaling wants fp32 trained weights (TRL makes QLoRA
         models.trainable_to_fp32(trainer.model)  # adapters bf16, which a T4 only emulates)
     checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None
@@ -361,4 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from finetune import allocator
+
+    allocator.reexec()  # tcmalloc, where installed: faster CPU steps
     sys.exit(main())

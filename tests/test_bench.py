@@ -3,7 +3,7 @@ report both sides (shapes only: speed is never asserted in tests)."""
 
 import json
 
-from finetune import cli, fastpath
+from finetune import allocator, cli, fastpath
 
 
 def test_bench_train_json_has_both_sides_and_their_loss_curves(tiny_model, tiny_data, capsys):
@@ -17,6 +17,9 @@ def test_bench_train_json_has_both_sides_and_their_loss_curves(tiny_model, tiny_
         assert result[side]["tokens_per_s"] > 0 and result[side]["peak_memory_gb"] > 0
         assert len(result[side]["loss"]) == 2
     assert result["ours"]["attention"] == fastpath.ROW_ATTENTION
+    # ours with tcmalloc where this machine has it; plain TRL with the C library's malloc
+    assert result["baseline"]["allocator"] == "libc"
+    assert ("tcmalloc" in result["ours"]["allocator"]) == (allocator.find() is not None)
     assert result["same_tokens"]
     assert result["loss_max_abs_diff"] < 1e-3  # the same loss on the same tokens
     assert "avx512_bf16" in result["machine"] and result["machine"]["cpu_model"]

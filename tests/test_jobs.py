@@ -9,7 +9,7 @@ import time
 import psutil
 
 from runwait import wait_for_run as _wait
-from finetune import config, jobs, runinfo, train
+from finetune import allocator, config, jobs, runinfo, train
 
 
 def _cfg(tiny_model, tiny_data, **kw):
@@ -41,6 +41,9 @@ def test_run_started_from_the_train_tab_writes_metrics_the_live_view_plots(tiny_
     log = (run_dir / "train.log").read_text().splitlines()
     for start in ("hardware: ", "data: ", "model: ", "training: ", "finished all 6 steps"):
         assert sum(line.startswith(start) for line in log) == 1, (start, log)
+    # the worker started itself again with tcmalloc where this machine has it
+    malloc = [line for line in log if line.startswith("memory allocator: ")]
+    assert len(malloc) == 1 and ("tcmalloc (" in malloc[0]) == (allocator.find() is not None)
 
 
 def test_a_second_start_while_one_runs_is_refused(tiny_model, tiny_data):

@@ -4,7 +4,8 @@
     python -m finetune.bench.child baseline RUN_DIR   # plain TRL SFTTrainer + PEFT, TRL defaults
 
 RUN_DIR holds the resolved config.yaml both sides share. Writes RUN_DIR/bench.json (the
-attention in use, the CUDA peak); the metrics go to metrics.jsonl as in any run.
+attention and the malloc in use, the CUDA peak); the metrics go to metrics.jsonl as in any run.
+`bench train` starts ours with tcmalloc where installed, the baseline without (`allocator`).
 """
 
 from __future__ import annotations
@@ -70,13 +71,14 @@ def ours(run_dir: Path) -> str:
 def main(argv: list[str]) -> int:
     import torch
 
-    from finetune import runinfo
+    from finetune import allocator, runinfo
 
     side, run_dir = argv[0], Path(argv[1])
     attention = {"ours": ours, "baseline": baseline}[side](run_dir)
     cuda = round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() \
         else None
-    runinfo.write_json(run_dir / "bench.json", {"attention": attention, "cuda_peak_gb": cuda})
+    runinfo.write_json(run_dir / "bench.json", {"attention": attention, "cuda_peak_gb": cuda,
+                                                "allocator": allocator.in_use() or "libc"})
     return 0
 
 

@@ -35,12 +35,13 @@ SIDES = ("baseline", "ours")
 
 def _child(side: str, run_dir: Path) -> dict:
     """Train one side in a child process; its metrics, status, peak memory and wall time."""
-    from finetune import runinfo
+    from finetune import allocator, runinfo
 
     start = time.time()
     with open(run_dir / "train.log", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "finetune.bench.child", side, str(run_dir)],
-                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env=allocator.environ(os.environ, use=side == "ours"))
         _, code, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(code)
     child = runinfo.read_json(run_dir / "bench.json", {}) or {}
@@ -62,6 +63,7 @@ def _child(side: str, run_dir: Path) -> dict:
             "peak_rss_gb": round(rss_gb, 3), "cuda_peak_gb": cuda_gb,
             "steps": len(metrics), "tokens": metrics[-1]["tokens"],
             "wall_s": round(time.time() - start, 1), "attention": child.get("attention"),
+            "allocator": child.get("allocator"),
             "loss": [round(m["loss"], 5) for m in metrics], "run": str(run_dir)}
 
 
