@@ -12,8 +12,8 @@ req=requirements.txt
 # Installed with apt-get where this user may (root, or sudo without a password); otherwise a note.
 ensure_tcmalloc() {
   [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia ] || return 0
-  .venv/bin/python -c "import ctypes.util as u, sys; sys.exit(not (u.find_library('tcmalloc_minimal')"\
-    " or u.find_library('tcmalloc')))" && return 0
+  local probe="import ctypes.util as u, sys; sys.exit(not u.find_library('tcmalloc_minimal'))"
+  .venv/bin/python -c "$probe" && return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
