@@ -118,21 +118,27 @@ def test_fp16_on_a_cpu_is_refused_with_what_to_use_instead(tiny_model, tiny_data
         jobs.prepare_run(tiny_config(tiny_model, tiny_data, precision="fp16"))
 
 
-def test_a_run_stopped_at_a_high_learning_rate_anneals_it_to_zero_first(tiny_model, tiny_data):
-    # "Learned" at the first validation (a loss bar no loss misses) with the rate at its peak
-    # (constant): the run goes on for a fifth of the steps it made, the rate falling to 0,
-    # and keeps those weights.
+def _learned_at_once(tiny_model, tiny_data):
+    # "Learned" at the first validation (step 10: a loss bar no loss misses) with the rate at its
+    # peak (constant), so the run anneals for a fifth of the steps it made.
     cfg = tiny_config(tiny_model, tiny_data, max_steps=40, eval_steps=10, save_steps=10,
                       learning_rate=1e-3, early_stopping=True, early_stopping_loss=10.0)
-    run_dir = jobs.prepare_run(cfg).run_dir
-    status = train.run(run_dir)
+    return jobs.prepare_run(cfg).run_dir
+
+
+def _assert_annealed_from_10_to_12(run_dir, status):
     assert status["state"] == "completed" and status["step"] == 12, status
     assert "the task is learned; then 2 steps with the learning rate falling to 0 (it was at " \
         "100% of its peak)" in status["end_reason"]
-    assert status["best_step"] == 12
+    assert status["best_step"] == 12  # those weights are kept
     lrs = {m["step"]: m["lr"] for m in runinfo.read_metrics(run_dir) if m.get("lr") is not None}
     # the rate each step used: the peak until the stop, then falling by a half a step
     assert [lrs[s] for s in (10, 11, 12)] == pytest.approx([1e-3, 1e-3, 5e-4])
+
+
+def test_a_run_stopped_at_a_high_learning_rate_anneals_it_to_zero_first(tiny_model, tiny_data):
+    run_dir = _learned_at_once(tiny_model, tiny_data)
+    _assert_annealed_from_10_to_12(run_dir, train.run(run_dir))
 
 
 def test_a_run_stopped_while_annealing_resumes_the_annealing(tiny_model, tiny_data, monkeypatch):
@@ -149,18 +155,9 @@ def test_a_run_stopped_while_annealing_resumes_the_annealing(tiny_model, tiny_da
                     stop.request()
         return make(run_dir, stop, total_steps) + [StopAt11()]
 
-    cfg = tiny_config(tiny_model, tiny_data, max_steps=40, eval_steps=10, save_steps=10,
-                      learning_rate=1e-3, early_stopping=True, early_stopping_loss=10.0)
-    run_dir = jobs.prepare_run(cfg).run_dir
+    run_dir = _learned_at_once(tiny_model, tiny_data)
     with monkeypatch.context() as m:
         m.setattr(train, "_make_callbacks", stop_at_11)
         assert train.run(run_dir)["state"] == "stopped"
     assert runinfo.read_status(run_dir)["step"] == 11
-
-    status = train.run(run_dir, resume=True)
-    assert status["state"] == "completed" and status["step"] == 12, status
-    assert "the task is learned; then 2 steps with the learning rate falling to 0 (it was at " \
-        "100% of its peak)" in status["end_reason"]
-    assert status["best_step"] == 12
-    lrs = {m["step"]: m["lr"] for m in runinfo.read_metrics(run_dir) if m.get("lr") is not None}
-    assert [lrs[s] for s in (10, 11, 12)] == pytest.approx([1e-3, 1e-3, 5e-4])
+    _assert_annealed_from_10_to_12(run_dir, train.run(run_dir, resume=True))
