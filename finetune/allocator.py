@@ -50,7 +50,7 @@ def environ(env: dict[str, str], use: bool = True) -> dict[str, str]:
     with it taken out of LD_PRELOAD (not `use`)."""
     env = dict(env)
     lib = find()
-    kept = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "tcmalloc" not in p]
+    kept = [p for p in env.get("LD_PRELOAD", "").split(":") if p and not _is_tcmalloc(p)]
     if use and lib:
         kept.insert(0, lib)
         env.update(_QUIET)
@@ -64,13 +64,18 @@ def environ(env: dict[str, str], use: bool = True) -> dict[str, str]:
     return env
 
 
+def _is_tcmalloc(path: str) -> bool:
+    return os.path.basename(path).startswith("libtcmalloc")
+
+
 def in_use() -> str | None:
     """The tcmalloc file this process runs with, or None (the C library's malloc)."""
     try:
         with open("/proc/self/maps", encoding="utf-8") as f:
             for line in f:
-                if "tcmalloc" in line:
-                    return os.path.basename(line.split()[-1])
+                path = line.split()[-1]
+                if _is_tcmalloc(path):
+                    return os.path.basename(path)
     except OSError:
         pass
     return None

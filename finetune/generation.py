@@ -310,7 +310,7 @@ def _token_streamer():
             text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
             ready = text.rstrip("\ufffd")
             printable = ready[self.print_len:]
-            if ready.endswith("\n"):  # as the stock streamer: start a new cache after a line
+            if ready == text and ready.endswith("\n"):  # as the stock streamer: a new cache
                 self.token_cache, self.print_len = [], 0
             else:
                 self.print_len = len(ready)

@@ -253,6 +253,10 @@ def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path
             self.anneal = Anneal(**value["anneal"]) if value.get("anneal") else None
 
         def on_train_begin(self, args, state, control, lr_scheduler=None, **kw):
+            # a checkpoint saved before the rule was saved in it has no entry for it, and the
+            # trainer's next save would fail on the missing key
+            if state.stateful_callbacks is not None:
+                state.stateful_callbacks.setdefault(type(self).__name__, self.state())
             if self.anneal is not None and lr_scheduler is not None:  # resumed while annealing
                 self.anneal.apply(lr_scheduler)
 

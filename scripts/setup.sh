@@ -12,7 +12,8 @@ req=requirements.txt
 # Installed with apt-get where this user may (root, or sudo without a password); otherwise a note.
 ensure_tcmalloc() {
   [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia ] || return 0
-  local probe="import ctypes.util as u, sys; sys.exit(not u.find_library('tcmalloc_minimal'))"
+  local probe="import ctypes.util as u, sys; sys.exit(not (u.find_library('tcmalloc_minimal')
+    or u.find_library('tcmalloc')))"
   .venv/bin/python -c "$probe" && return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -24,8 +25,8 @@ ensure_tcmalloc() {
   command -v apt-get >/dev/null 2>&1 || return 0
   { $sudo apt-get update -qq && \
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4; } \
-    >/tmp/finetune-tcmalloc-install.log 2>&1 || \
-    echo "note: could not install libtcmalloc-minimal4 (see /tmp/finetune-tcmalloc-install.log);" \
+    >.venv/tcmalloc-install.log 2>&1 || \
+    echo "note: could not install libtcmalloc-minimal4 (see .venv/tcmalloc-install.log);" \
          "training uses the C library's malloc"
 }
 stamp=".venv/.installed-$(cat requirements.txt "$req" pyproject.toml | sha1sum | cut -c1-12)"

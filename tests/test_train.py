@@ -141,9 +141,8 @@ def test_a_run_stopped_at_a_high_learning_rate_anneals_it_to_zero_first(tiny_mod
     _assert_annealed_from_10_to_12(run_dir, train.run(run_dir))
 
 
-def test_a_run_stopped_while_annealing_resumes_the_annealing(tiny_model, tiny_data, monkeypatch):
-    # The run above, stopped by the user at step 11 (inside its annealing) and resumed: it
-    # ends at step 12 as if never stopped, with the same rates and the same reason.
+def _stopped_at_11(tiny_model, tiny_data, monkeypatch):
+    """The run above, stopped by the user during step 11 (inside its annealing)."""
     from transformers import TrainerCallback
 
     make = train._make_callbacks
@@ -151,7 +150,7 @@ def test_a_run_stopped_while_annealing_resumes_the_annealing(tiny_model, tiny_da
     def stop_at_11(run_dir, stop, total_steps):
         class StopAt11(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
-                if state.global_step == 10:  # the user presses Stop during step 11
+                if state.global_step == 10:
                     stop.request()
         return make(run_dir, stop, total_steps) + [StopAt11()]
 
@@ -160,4 +159,22 @@ def test_a_run_stopped_while_annealing_resumes_the_annealing(tiny_model, tiny_da
         m.setattr(train, "_make_callbacks", stop_at_11)
         assert train.run(run_dir)["state"] == "stopped"
     assert runinfo.read_status(run_dir)["step"] == 11
+    return run_dir
+
+
+def test_a_run_stopped_while_annealing_resumes_the_annealing(tiny_model, tiny_data, monkeypatch):
+    # resumed, it ends at step 12 as if never stopped, with the same rates and the same reason
+    run_dir = _stopped_at_11(tiny_model, tiny_data, monkeypatch)
     _assert_annealed_from_10_to_12(run_dir, train.run(run_dir, resume=True))
+
+
+def test_a_checkpoint_without_the_rules_state_still_resumes(tiny_model, tiny_data, monkeypatch):
+    # as checkpoints written before the rule was saved in them: the rule starts afresh
+    run_dir = _stopped_at_11(tiny_model, tiny_data, monkeypatch)
+    saved = run_dir / "checkpoints" / "checkpoint-11" / "trainer_state.json"
+    state = json.loads(saved.read_text())
+    del state["stateful_callbacks"]["StopCallback"]
+    saved.write_text(json.dumps(state))
+    status = train.run(run_dir, resume=True)
+    assert status["state"] == "completed", status
+    assert "then 4 steps with the learning rate falling to 0" in status["end_reason"]  # at 20
