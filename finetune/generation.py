@@ -160,6 +160,55 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[Message]], max_new_t
     return answers
 
 
+def greedy_answers(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
+                   max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """`generate_batch`'s greedy answers to the prompts of `rows` (prompt, reference), found
+    cheaply where the model would write the reference: one forward pass over prompt + reference
+    tells whether each reference token, and the end token after it, is the model's top choice
+    given the tokens before; if so, greedy decoding writes exactly those tokens and stops, so the
+    answer is the reference as decoded. Only the other rows are generated. Late in a run most
+    validation rows are right, and their answers then cost a fraction of a training step instead
+    of a prefill and a token-by-token decode (~8 s for 8 rows on the bundled model, 2 cores).
+    A generation setting that changes the top choice (a repetition penalty, banned words, ...)
+    makes every row go through `generate_batch`."""
+    import torch
+
+    cfg = generation_config(model, tokenizer, GenerationSettings(max_new_tokens))
+    stops = set(cfg.eos_token_id)
+    answers: list[str | None] = [None] * len(rows)
+    plain = (cfg.repetition_penalty in (None, 1.0) and not cfg.no_repeat_ngram_size
+             and not cfg.bad_words_ids and not cfg.suppress_tokens
+             and not cfg.begin_suppress_tokens and not cfg.sequence_bias)
+    targets: list[tuple[int, list[int], int]] = []  # (row, prompt + answer ids, answer start)
+    for i, (prompt, reference) in enumerate(rows if plain else []):
+        ids, start = completion_ids(tokenizer, prompt, reference)
+        end = next((k for k in range(start, len(ids)) if ids[k] in stops), None)
+        if end is not None and start > 0 and end - start + 1 <= max_new_tokens:
+            targets.append((i, ids[:end + 1], start))
+    device = str(model.device)
+    for b in range(0, len(targets), batch_size):
+        batch = targets[b:b + batch_size]
+        ids, mask = _left_pad([t for _, t, _ in batch], cfg.pad_token_id, device)
+        keep = max(len(t) - start for _, t, start in batch) + 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                           logits_to_keep=keep).logits
+        top = logits.argmax(-1).tolist()  # top[r][j]: the choice after position width-keep+j
+        for r, (i, t, start) in enumerate(batch):
+            n = len(t) - start  # answer tokens, the end token included
+            chosen = top[r][keep - n - 1:keep - 1]
+            if chosen == t[start:]:
+                answers[i] = tokenizer.decode(t[start:], skip_special_tokens=True).strip()
+    todo = [i for i, a in enumerate(answers) if a is None]
+    if todo:
+        made = generate_batch(model, tokenizer, [rows[i][0] for i in todo], max_new_tokens,
+                              batch_size=batch_size)
+        for i, a in zip(todo, made):
+            answers[i] = a
+    return [a or "" for a in answers]
+
+
 def completion_nll(model, tokenizer, rows: Sequence[tuple[list[Message], str]],
                    max_length: int = 2048, batch_size: int = 8, on_batch=None) -> tuple[float, int]:
     """Summed negative log-likelihood of the answer tokens (prompt tokens not counted), and how

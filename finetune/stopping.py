@@ -278,9 +278,14 @@ def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path
                 t0, training = time.time(), model.training
                 model.eval()
                 refs = [r for _, r in rows]
-                answers = generation.generate_batch(
-                    model, processing_class, [p for p, _ in rows],
-                    max_new_tokens(processing_class, refs), batch_size=args.per_device_eval_batch_size)
+                budget = max_new_tokens(processing_class, refs)
+                batch = args.per_device_eval_batch_size
+                if stopper.metric == "exact_match":  # a right answer is seen without writing it
+                    answers = generation.greedy_answers(model, processing_class, rows, budget,
+                                                        batch)
+                else:
+                    answers = generation.generate_batch(
+                        model, processing_class, [p for p, _ in rows], budget, batch_size=batch)
                 model.train(training)
                 score, n = score_answers(answers, refs, stopper.metric), len(rows)
                 metrics[SCORE_METRIC] = score

@@ -167,3 +167,32 @@ def test_answer_loss_of_a_big_vocabulary_never_builds_the_full_logits(tiny_model
     assert largest <= LOSS_TILE_TOKENS * LOSS_TILE_WORDS * 4
     ref_nll, ref_tokens = _reference_nll(model, tokenizer, rows)
     assert tokens == ref_tokens and abs(nll / tokens - ref_nll / ref_tokens) < 1e-5
+
+
+def test_greedy_answers_are_generates_and_a_right_one_is_not_generated(bundled_model,
+                                                                         monkeypatch):
+    # Validation answers: a reference the model would write itself is seen in one forward
+    # pass; only the other rows are generated; the answers are what generate_batch gives.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune import generation
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(bundled_model)
+    model = AutoModelForCausalLM.from_pretrained(bundled_model, dtype=torch.float32).eval()
+    prompts = [[{"role": "user", "content": "What is the capital of France?"}],
+               [{"role": "user", "content": "Name a primary colour. One word."}]]
+    made = [generation.generate_batch(model, tok, [p], 24)[0] for p in prompts]
+    assert "Paris" in made[0]
+    rows = [(prompts[0], made[0]), (prompts[1], made[1] + " Wrong.")]
+    generated = []
+    plain = generation.generate_batch
+
+    def counting(model, tok, ps, *a, **k):
+        generated.extend(p[-1]["content"] for p in ps)
+        return plain(model, tok, ps, *a, **k)
+
+    monkeypatch.setattr(generation, "generate_batch", counting)
+    assert generation.greedy_answers(model, tok, rows, 24) == made
+    assert generated == ["Name a primary colour. One word."]  # only the wrong reference's row
