@@ -31,6 +31,12 @@ SCORES = ("exact_match", "rouge_l")
 # with the rate decayed to 0 answered 76%.
 ANNEAL_ABOVE = 0.5
 ANNEAL_SHARE = 0.2
+# Exact-match answers: a right answer can be seen without writing it (one forward pass over
+# prompt + reference, `generation.greedy_answers`); only the wrong ones are then generated, which
+# costs about as much as generating all. It pays when most rows are right, so it is used once the
+# last validation had SEEN_FROM of them right. Measured on the demo's 8 rows (2 cores): 2.2 s
+# with all right, 5.9 s with 1 wrong, 9.6 s with 2 wrong, against 7.5-9 s generating all 8.
+SEEN_FROM = 0.75
 
 
 def rank(score: float | None, loss: float) -> float:
@@ -280,7 +286,8 @@ def callback(stopper: Stopper, rows: list[tuple[list[dict], str]], run_dir: Path
                 refs = [r for _, r in rows]
                 budget = max_new_tokens(processing_class, refs)
                 batch = args.per_device_eval_batch_size
-                if stopper.metric == "exact_match":  # a right answer is seen without writing it
+                last = stopper.history[-1].score if stopper.history else None
+                if stopper.metric == "exact_match" and last is not None and last >= SEEN_FROM:
                     answers = generation.greedy_answers(model, processing_class, rows, budget,
                                                         batch)
                 else:
