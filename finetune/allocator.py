@@ -28,13 +28,16 @@ _MARK = "FINETUNE_ALLOCATOR_SET"  # set once the environment was made: never exe
 _QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 50)}
 
 
+def _wanted() -> bool:
+    """Linux without an NVIDIA driver, and not turned off (FINETUNE_ALLOCATOR=system)."""
+    return (sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia")
+            and os.environ.get("FINETUNE_ALLOCATOR") != "system")
+
+
 @functools.cache
 def find() -> str | None:
-    """The file name of tcmalloc on this machine, or None (not Linux, not installed, an NVIDIA
-    machine, or FINETUNE_ALLOCATOR=system)."""
-    if not sys.platform.startswith("linux") or os.environ.get("FINETUNE_ALLOCATOR") == "system":
-        return None
-    if os.path.exists("/proc/driver/nvidia"):
+    """The file name of tcmalloc on this machine, or None (not installed, or not `_wanted`)."""
+    if not _wanted():
         return None
     import ctypes.util
 
@@ -88,7 +91,7 @@ def describe() -> str:
         return f"tcmalloc ({lib})"
     if find():
         return "the C library's (tcmalloc is installed but was not loaded at the start)"
-    if sys.platform.startswith("linux") and not os.path.exists("/proc/driver/nvidia"):
+    if _wanted():
         return ("the C library's (install Debian's libtcmalloc-minimal4 for ~15-20% faster CPU "
                 "training steps)")
     return "the C library's"
