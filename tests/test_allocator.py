@@ -1,5 +1,6 @@
 """tcmalloc for training processes where it is installed (`finetune.allocator`)."""
 
+import os
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_finetune_allocator_system_keeps_the_c_librarys_malloc(monkeypatch):
 
 def test_a_process_that_calls_reexec_runs_with_tcmalloc_where_installed():
     code = "from finetune import allocator; allocator.reexec(); print(allocator.in_use())"
-    env = allocator.environ(dict(__import__("os").environ), use=False)
+    env = allocator.environ(dict(os.environ), use=False)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr
