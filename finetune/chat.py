@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from finetune import hardware
+from finetune import fastdecode, hardware
 from finetune.config import GenerationSettings
 from finetune.errors import RunError
 
@@ -85,7 +85,8 @@ class ModelCache:
                 self._items.popitem(last=False)
             hardware.empty_cache()
             log(f"Loading {target.label}...")
-            model, tokenizer = _load(target)
+            model, tokenizer = hardware.in_own_thread(_load, target)
+            fastdecode.prepare(model, GenerationSettings().max_new_tokens, log)
             self._items[key] = (stamp, model, tokenizer)
             return model, tokenizer
 

@@ -293,11 +293,14 @@ def stream(model, tokenizer, messages: list[Message], settings: GenerationSettin
     failure: list[BaseException] = []
 
     def work():
+        from finetune import fastdecode
+
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), \
+                    fastdecode.session(model, cfg, len(ids) + settings.max_new_tokens) as extra:
                 model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                generation_config=cfg, streamer=streamer,
-                               stopping_criteria=StoppingCriteriaList([_Halt()]))
+                               stopping_criteria=StoppingCriteriaList([_Halt()]), **extra)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(e)
             streamer.end()

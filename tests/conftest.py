@@ -18,6 +18,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Chat decodes eagerly in tests (apps they start included): compiling the decode step costs
+# ~50 s of CPU in the background per model loaded; tests/test_fastdecode.py turns it on.
+os.environ.setdefault("FINETUNE_DECODE", "eager")
 # The bundled model is prepared once per checkout, not once per test.
 os.environ.setdefault("FINETUNE_MODELS", str(REPO / ".test-cache" / "models"))
 

@@ -6,7 +6,9 @@ Uses the bundled model, the device and precision chat uses (`hardware.inference_
 short chat prompt through the chat template and greedy decoding. Two ways on the same loaded
 model, alternately (a load on the machine that comes and goes hits both):
   generate  plain `model.generate` with a streamer that timestamps each token
-  chat      `generation.stream`, what the Chat tab and `python -m finetune chat` run
+  chat      `generation.stream`, what the Chat tab and `python -m finetune chat` run, with
+            the decode step compiled where `finetune.fastdecode` applies (compiled first, as
+            the chat does in the background after loading; `compiled_decode` says how long)
 One warm-up each, then the median of `repeats` answers: time to first token (template and
 tokenizer included) and decode tokens/s after the first. The answers must be the same text.
 The load average is recorded, since it changes the figures.
@@ -27,7 +29,7 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from finetune import generation, hardware, models
+    from finetune import fastdecode, generation, hardware, models
     from finetune.bench import cpu_id
     from finetune.config import GenerationSettings
 
@@ -55,6 +57,10 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
     tokenizer = models.load_tokenizer(source)
     load_s = time.perf_counter() - t0
     log(f"Loaded {source.name} in {load_s:.1f} s on {device} {dtype}")
+    compiled = fastdecode.prepare(lm, max_new_tokens, log)  # as the chat's model cache does
+    if compiled is not None:
+        log("Compiling the decode step (as the chat does in the background)...")
+        fastdecode.wait(lm)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
 
     def plain() -> tuple[float, float, str]:
@@ -77,7 +83,8 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         return _speeds(start, times, n) + (text,)
 
-    ways = {"generate": plain, "chat": chat_path}
+    # plain generate in a thread of its own, as the chat's stream runs it (`in_own_thread`)
+    ways = {"generate": lambda: hardware.in_own_thread(plain), "chat": chat_path}
     runs: dict[str, list] = {name: [] for name in ways}
     for name, way in ways.items():  # warm-up: first-call allocations are not what a user waits for
         way()
@@ -99,6 +106,11 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
         "chat": ours, "generate": base,
         "ttft_s": ours["ttft_s"], "decode_tokens_per_s": ours["decode_tokens_per_s"],
         "answer": runs["chat"][0][2],
+        "compiled_decode": {"on": bool(compiled and compiled.ready),
+                            "compile_s": {str(k): round(v, 1)
+                                          for k, v in (compiled.ready if compiled else {}).items()},
+                            "off_reason": (compiled.failed if compiled else
+                                           fastdecode.off_reason(lm))},
         "model": source.name, "device": device, "dtype": dtype,
         "cpu_model": cpu_id(), "avx512_bf16": "avx512_bf16" in flags,
         "cpu_flags": flags, "torch_threads": torch.get_num_threads(),
