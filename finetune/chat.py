@@ -86,7 +86,7 @@ class ModelCache:
             hardware.empty_cache()
             log(f"Loading {target.label}...")
             model, tokenizer = hardware.in_own_thread(_load, target)
-            fastdecode.prepare(model, GenerationSettings().max_new_tokens, log)
+            fastdecode.prepare(model, log)
             self._items[key] = (stamp, model, tokenizer)
             return model, tokenizer
 

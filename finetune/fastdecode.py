@@ -9,9 +9,10 @@ cores at ~19-25 GB/s. transformers' static cache gives the step fixed shapes, so
 once per cache size (`BUCKETS`), and the norms, rotary and attention around the products are
 fused too. `bench chat`: ~2.5x plain `generate` with the same answer (docs/BENCHMARKS.md).
 
-Compiling takes ~50 s on 2 cores (~10 s from inductor's cache on disk, `paths.compiled_dir`),
-so it runs in a background thread when the chat loads a model, and an answer whose cache size
-is not compiled yet decodes as before (eager). Only for what was measured: CPU, fp32, a model of
+Compiling takes ~50 s on 2 cores (~12 s from inductor's cache on disk, `paths.compiled_dir`):
+an answer whose cache size is not compiled yet decodes as before (eager), and once it is done
+the size compiles in a background thread at the lowest CPU priority, while the user reads (an
+answer that ran beside a compile took 3x as long). Only for what was measured: CPU, fp32, a model of
 MIN_PARAMS or more (below that a step is Python, not weights). `FINETUNE_DECODE=eager` turns it
 off. The prefill (the prompt, many tokens at once) is not compiled: it is matrix-matrix work.
 """
@@ -63,9 +64,9 @@ def off_reason(model) -> str:
     return ""
 
 
-def prepare(model, max_new_tokens: int, log=print) -> State | None:
-    """Make `model` decode compiled where it applies, and start compiling for answers of up to
-    `max_new_tokens` after a short prompt; None (and nothing changed) where it does not."""
+def prepare(model, log=print) -> State | None:
+    """Make `model` decode compiled where it applies (its answers compile the sizes they need,
+    `session`); None, and nothing changed, where it does not."""
     import torch
 
     if getattr(model, "_finetune_decode", None) is not None:
@@ -78,9 +79,8 @@ def prepare(model, max_new_tokens: int, log=print) -> State | None:
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.forward = types.MethodType(_linear, module)
-    state = model._finetune_decode = State(log)
-    _warm(model, state, bucket(model, 256 + max_new_tokens))
-    return state
+    model._finetune_decode = State(log)
+    return model._finetune_decode
 
 
 def _linear(self, x):
@@ -112,8 +112,16 @@ def _static_cache(model, size: int):
     return StaticCache(config=model.config, max_cache_len=size)
 
 
+def warm(model, n_tokens: int) -> None:
+    """Compile, in the background, for answers of up to `n_tokens` (prompt included)."""
+    state = getattr(model, "_finetune_decode", None)
+    if state is not None:
+        _warm(model, state, bucket(model, n_tokens))
+
+
 def _warm(model, state: State, size: int) -> None:
-    """Compile the decode step for cache `size` in a background thread (once at a time)."""
+    """Compile the decode step for cache `size` in a background thread (once at a time) whose
+    CPU priority is the lowest (the compiler processes it starts inherit it)."""
     with state.starting:
         if not size or size in state.ready or state.warming or state.failed:
             return
@@ -123,6 +131,8 @@ def _warm(model, state: State, size: int) -> None:
         import torch
         from transformers import GenerationConfig
 
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only
         with state.lock:
             start = time.perf_counter()
             threads = torch.get_num_threads()
@@ -154,8 +164,8 @@ def _warm(model, state: State, size: int) -> None:
 def session(model, cfg, n_tokens: int) -> Iterator[dict[str, Any]]:
     """Extra `generate` arguments for one answer of up to `n_tokens` (prompt included): a static
     cache with `cfg` set to compile, when that size is compiled for the current thread count
-    and no compile or other compiled answer runs; else none (eager), and the size is compiled
-    in the background for the next answer."""
+    and no compile or other compiled answer runs; else none (eager), and once the answer is
+    done its size compiles in the background for the next one."""
     import torch
 
     state = getattr(model, "_finetune_decode", None)
@@ -164,8 +174,10 @@ def session(model, cfg, n_tokens: int) -> Iterator[dict[str, Any]]:
         yield {}
         return
     if size not in state.ready:
-        _warm(model, state, size)
-        yield {}
+        try:
+            yield {}
+        finally:
+            _warm(model, state, size)
         return
     if torch.get_num_threads() != state.threads or not state.lock.acquire(blocking=False):
         yield {}

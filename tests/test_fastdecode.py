@@ -49,14 +49,15 @@ def test_compiled_decoding_answers_as_eager_decoding(tiny_model, compiled, monke
 
     cache, lines = chat.ModelCache(), []
     model, _ = cache.get(target, log=lines.append)
+    assert _answers(target, cache, settings) == eager  # eagerly, then the size compiles
     state = fastdecode.wait(model)
     assert state is not None and not state.failed and list(state.ready) == [512]
     before = len(compiled)
     assert _answers(target, cache, settings) == eager
     assert compiled[before:] == [512] * len(PROMPTS)  # each answer decoded compiled
 
-    # an answer that does not fit the compiled cache decodes eagerly, as long as it asks, while
-    # its size compiles in the background for the next one
+    # an answer that does not fit the compiled cache decodes eagerly, and its size compiles in
+    # the background afterwards for the next one
     long = GenerationSettings(max_new_tokens=600)
     first = "".join(chat.stream_reply(target, [{"role": "user", "content": PROMPTS[0]}],
                                       settings=long, cache=cache))
@@ -82,6 +83,7 @@ def test_a_compile_that_fails_says_why_and_answers_eagerly(tiny_model, compiled,
     target = chat.resolve_target(str(tiny_model))
     cache, lines = chat.ModelCache(), []
     model, _ = cache.get(target, log=lines.append)
+    assert all(_answers(target, cache, GenerationSettings(max_new_tokens=8)))
     state = fastdecode.wait(model)
     assert "no C++ compiler found (test)" in state.failed
     assert any("Compiled decoding is off, answers decode as before" in line and
@@ -101,6 +103,6 @@ def test_off_where_not_measured(tiny_model, monkeypatch):
     assert fastdecode.off_reason(model) == "FINETUNE_DECODE=eager"
     monkeypatch.delenv("FINETUNE_DECODE")
     assert fastdecode.off_reason(model).startswith("under 50M parameters")
-    assert fastdecode.prepare(model, 256) is None and not hasattr(model, "_finetune_decode")
+    assert fastdecode.prepare(model) is None and not hasattr(model, "_finetune_decode")
     monkeypatch.setattr(fastdecode, "MIN_PARAMS", 0)
     assert fastdecode.off_reason(model.to(dtype=torch.bfloat16)).startswith("not measured in")

@@ -8,7 +8,8 @@ model, alternately (a load on the machine that comes and goes hits both):
   generate  plain `model.generate` with a streamer that timestamps each token
   chat      `generation.stream`, what the Chat tab and `python -m finetune chat` run, with
             the decode step compiled where `finetune.fastdecode` applies (compiled first, as
-            the chat does in the background after loading; `compiled_decode` says how long)
+            the chat does in the background after its first answer; `compiled_decode` says
+            how long it took)
 One warm-up each, then the median of `repeats` answers: time to first token (template and
 tokenizer included) and decode tokens/s after the first. The answers must be the same text.
 The load average is recorded, since it changes the figures.
@@ -57,9 +58,10 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
     tokenizer = models.load_tokenizer(source)
     load_s = time.perf_counter() - t0
     log(f"Loaded {source.name} in {load_s:.1f} s on {device} {dtype}")
-    compiled = fastdecode.prepare(lm, max_new_tokens, log)  # as the chat's model cache does
-    if compiled is not None:
-        log("Compiling the decode step (as the chat does in the background)...")
+    compiled = fastdecode.prepare(lm, log)  # as the chat's model cache does
+    if compiled is not None:  # as the chat does in the background after its first answer
+        log("Compiling the decode step...")
+        fastdecode.warm(lm, len(generation.prompt_ids(tokenizer, PROMPT)) + max_new_tokens)
         fastdecode.wait(lm)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
 
