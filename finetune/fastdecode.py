@@ -12,9 +12,11 @@ fused too. `bench chat`: ~2.5x plain `generate` with the same answer (docs/BENCH
 Compiling takes ~50 s on 2 cores (~12 s from inductor's cache on disk, `paths.compiled_dir`):
 an answer whose cache size is not compiled yet decodes as before (eager), and once it is done
 the size compiles in a background thread at the lowest CPU priority, while the user reads (an
-answer that ran beside a compile took 3x as long). Only for what was measured: CPU, fp32, a model of
-MIN_PARAMS or more (below that a step is Python, not weights). `FINETUNE_DECODE=eager` turns it
-off. The prefill (the prompt, many tokens at once) is not compiled: it is matrix-matrix work.
+answer that ran beside a compile took 3x as long). The compiled code uses the thread count of
+the first compile: with another (a training started beside the chat), answers decode eagerly.
+Only for what was measured: CPU, fp32, a model of MIN_PARAMS or more (below that a step is
+Python, not weights). `FINETUNE_DECODE=eager` turns it off. The prefill (the prompt, many
+tokens at once) is not compiled: it is matrix-matrix work.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def _linear(self, x):
     return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
-def bucket(model, n_tokens: int) -> int:
+def bucket(n_tokens: int) -> int:
     """The static cache size for a prompt and answer of `n_tokens` (0: longer than any)."""
     return next((b for b in BUCKETS if b >= n_tokens), 0)
 
@@ -116,26 +118,28 @@ def warm(model, n_tokens: int) -> None:
     """Compile, in the background, for answers of up to `n_tokens` (prompt included)."""
     state = getattr(model, "_finetune_decode", None)
     if state is not None:
-        _warm(model, state, bucket(model, n_tokens))
+        _warm(model, state, bucket(n_tokens))
 
 
 def _warm(model, state: State, size: int) -> None:
     """Compile the decode step for cache `size` in a background thread (once at a time) whose
     CPU priority is the lowest (the compiler processes it starts inherit it)."""
+    import torch
+
+    threads = torch.get_num_threads()
     with state.starting:
-        if not size or size in state.ready or state.warming or state.failed:
+        if not size or size in state.ready or state.warming or state.failed or \
+                threads != (state.threads or threads):
             return
         state.warming = size
 
     def work():
-        import torch
         from transformers import GenerationConfig
 
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only
         with state.lock:
             start = time.perf_counter()
-            threads = torch.get_num_threads()
             cfg = GenerationConfig(max_new_tokens=WARM_TOKENS, min_new_tokens=WARM_TOKENS,
                                    do_sample=False, pad_token_id=0, eos_token_id=None,
                                    compile_config=_compile_config())
@@ -169,7 +173,7 @@ def session(model, cfg, n_tokens: int) -> Iterator[dict[str, Any]]:
     import torch
 
     state = getattr(model, "_finetune_decode", None)
-    size = bucket(model, n_tokens)
+    size = bucket(n_tokens)
     if state is None or not size or state.failed:
         yield {}
         return
