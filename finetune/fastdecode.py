@@ -9,7 +9,7 @@ cores at ~19-25 GB/s. transformers' static cache gives the step fixed shapes, so
 once per cache size (`BUCKETS`), and the norms, rotary and attention around the products are
 fused too. `bench chat`: ~2.5x plain `generate` with the same answer (docs/BENCHMARKS.md).
 
-Compiling takes ~50 s on 2 cores (~12 s from inductor's cache on disk, `paths.compiled_dir`):
+Compiling takes ~50 s on 2 cores (~12 s from inductor's cache, /tmp/torchinductor_<user>):
 an answer whose cache size is not compiled yet decodes as before (eager), and once it is done
 the size compiles in a background thread at the lowest CPU priority, while the user reads (an
 answer that ran beside a compile took 3x as long). The compiled code uses the thread count of
@@ -75,9 +75,6 @@ def prepare(model, log=print) -> State | None:
         return model._finetune_decode
     if off_reason(model):
         return None
-    from finetune import paths
-
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.compiled_dir()))
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.forward = types.MethodType(_linear, module)

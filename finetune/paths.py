@@ -26,11 +26,6 @@ def cache_dir() -> Path:
     return models_dir() / "_downloads"
 
 
-def compiled_dir() -> Path:
-    """Code torch.compile made for chat decoding (inductor's cache), kept beside the models."""
-    return models_dir() / "_compiled"
-
-
 def make_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
     """`target`, a folder that holds `marker` once made: `build(tmp)` fills a temporary folder,
     which then takes its place, under a file lock, so two processes never make it twice and no
