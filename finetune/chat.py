@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from finetune import fastdecode, hardware
+from finetune import fastdecode, hardware, isolate
 from finetune.config import GenerationSettings
 from finetune.errors import RunError
 
@@ -80,12 +80,13 @@ class ModelCache:
             if hit and hit[0] == stamp:
                 self._items.move_to_end(key)
                 return hit[1], hit[2]
-            self._items.pop(key, None)
+            if key in self._items:
+                fastdecode.forget(self._items.pop(key)[1])
             while len(self._items) >= self.size:
-                self._items.popitem(last=False)
+                fastdecode.forget(self._items.popitem(last=False)[1][1])
             hardware.empty_cache()
             log(f"Loading {target.label}...")
-            model, tokenizer = hardware.in_own_thread(_load, target)
+            model, tokenizer = isolate.run(_load, target)
             fastdecode.prepare(model, log)
             self._items[key] = (stamp, model, tokenizer)
             return model, tokenizer
@@ -95,6 +96,8 @@ class ModelCache:
 
     def clear(self) -> None:
         with self._lock:
+            for _, model, _ in self._items.values():
+                fastdecode.forget(model)
             self._items.clear()
             hardware.empty_cache()
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune import drift, hardware, metrics, probe, runinfo
+from finetune import drift, isolate, metrics, probe, runinfo
 from finetune.errors import ConfigError, DataError, RunError
 
 DEFAULT_LIMIT = 200  # generation metrics on at most this many rows unless asked for more
@@ -75,7 +75,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, limit: int | None
     gen_rows = rows[:n_gen]
 
     from finetune import data as datamod
-    from finetune import jobs, models
+    from finetune import hardware, jobs, models
 
     device, dtype = hardware.inference_settings()
     training = jobs.training_run_name()
@@ -201,7 +201,7 @@ EVAL_TIPS = ["fewer rows for answers (--limit, or the rows box)", "a test file w
              "a QLoRA run (it evaluates on a 4-bit base)"]
 
 
-@hardware.own_thread  # a Gradio worker asks, and its chat answers stay fast
+@isolate.off_main  # a Gradio worker asks, and its chat answers stay fast
 def evaluate_choice(run: str | None, test_file: str | None = None, on_file: bool = False,
                     limit: float | None = None, progress: Callable[[float, str], Any] | None = None,
                     log=print) -> dict:
@@ -413,7 +413,7 @@ def evaluate_export(run_dir: str | Path, name: str, kind: str, path: str | Path,
         if progress is not None:
             progress(span[0] + span[1] * fraction, f"{name}: {desc}")
 
-    from finetune import jobs
+    from finetune import hardware, jobs
 
     cfg = runinfo.load_config(run_dir)
     rows, _ = _rows(cfg, None, log)

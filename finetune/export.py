@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune import gguf, hardware, runinfo
+from finetune import gguf, isolate, runinfo
 from finetune.errors import ConfigError, RunError
 
 MERGED = "merged"
@@ -67,7 +67,7 @@ def plan(run_dir: str | Path, adapter: bool | None = None, merge: bool = False,
     return {"adapter": bool(adapter), "merge": bool(merge), "gguf": types}
 
 
-@hardware.own_thread  # a Gradio worker asks, and its chat answers stay fast
+@isolate.off_main  # a Gradio worker asks, and its chat answers stay fast
 def export_run(run_dir: str | Path, out: str | Path, adapter: bool | None = None,
                merge: bool = False, gguf_types=(), check: bool = True, limit: int | None = None,
                progress: Callable[[float, str], Any] | None = None, log=print) -> dict:

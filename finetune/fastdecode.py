@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 import types
@@ -30,21 +31,27 @@ from typing import Any, Iterator
 
 MIN_PARAMS = 50_000_000
 BUCKETS = (512, 1024, 2048, 4096, 8192, 16384, 32768)  # static cache sizes, tokens
-WARM_TOKENS = 3  # new tokens a warm-up generates: the second one runs the compiled step
+WARM_TOKENS = 3  # new tokens a warm-up generates: the 2nd and 3rd by the compiled step
 
 
 class State:
-    """A prepared model's compiled sizes; `lock` is held by a warm-up or a compiled answer, so a
-    compile never runs beside the code it replaces (another answer then decodes eagerly)."""
+    """A prepared model's compiled cache sizes, and how many answers used them."""
 
     def __init__(self, log):
-        self.lock = threading.Lock()
-        self.starting = threading.Lock()  # one warm-up decided at a time
         self.ready: dict[int, float] = {}  # cache size -> seconds its compile took
-        self.threads = 0  # torch threads the compiled code was made for
+        self.threads = 0  # torch threads the compiled code was made for (its first compile)
         self.failed = ""
-        self.warming = 0
+        self.compiled_answers = 0
+        self.closed = False  # the chat let the model go: no compile for it any more
         self.log = log
+
+
+# One compile, or one compiled answer, at a time in the process, whichever model: a compile
+# beside an answer made it 3x slower, and two compiled answers at once share the same cores.
+_busy = threading.Lock()
+_guard = threading.Lock()  # for the two below
+_warming: list = []  # the (model, size) compiling now, or waiting for answers to end
+_answering = [0]  # answers of prepared models in progress, eager or compiled
 
 
 def off_reason(model) -> str:
@@ -119,46 +126,67 @@ def warm(model, n_tokens: int) -> None:
 
 
 def _warm(model, state: State, size: int) -> None:
-    """Compile the decode step for cache `size` in a background thread (once at a time) whose
-    CPU priority is the lowest (the compiler processes it starts inherit it)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    with state.starting:
-        if not size or size in state.ready or state.warming or state.failed or \
-                threads != (state.threads or threads):
+    """Compile the decode step for cache `size` in a background thread at the lowest CPU
+    priority (the compiler processes it starts inherit it), once no answer runs; one at a time
+    in the process, so a request while another compiles is dropped (the next answer asks again).
+    """
+    with _guard:
+        if not size or size in state.ready or state.failed or state.closed or _warming:
             return
-        state.warming = size
+        _warming.append((model, size))
 
     def work():
+        import torch
         from transformers import GenerationConfig
 
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only
-        with state.lock:
-            start = time.perf_counter()
-            cfg = GenerationConfig(max_new_tokens=WARM_TOKENS, min_new_tokens=WARM_TOKENS,
-                                   do_sample=False, pad_token_id=0, eos_token_id=None,
-                                   compile_config=_compile_config())
-            ids = torch.zeros((1, 8), dtype=torch.long)
-            try:
+        try:
+            while _answering[0] and not state.closed:  # the user reads the answer now
+                time.sleep(0.2)
+            with _busy:
+                threads = torch.get_num_threads()  # inductor writes it into the code
+                if state.closed or threads != (state.threads or threads):
+                    return  # the first compile's count sticks (dynamo does not check it)
+                start = time.perf_counter()
+                cfg = GenerationConfig(max_new_tokens=WARM_TOKENS, min_new_tokens=WARM_TOKENS,
+                                       do_sample=False, pad_token_id=0, eos_token_id=None,
+                                       compile_config=_compile_config())
+                ids = torch.zeros((1, 8), dtype=torch.long)
                 with torch.inference_mode():
                     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                    generation_config=cfg,
                                    past_key_values=_static_cache(model, size))
-            except Exception as e:  # noqa: BLE001 - no compiler, an inductor bug: stay eager
-                while getattr(e, "inner_exception", None) or e.__cause__:  # torch wraps the
-                    e = getattr(e, "inner_exception", None) or e.__cause__  # backend's error
-                text = (str(e).strip().splitlines() or [""])[0][:200]
-                state.failed = f"{type(e).__name__}: {text}"
-                state.log(f"Compiled decoding is off, answers decode as before: {state.failed}")
-            else:
                 state.threads = threads
                 state.ready[size] = time.perf_counter() - start
-            finally:
-                state.warming = 0
+        except Exception as e:  # noqa: BLE001 - no compiler, an inductor bug: stay eager
+            _fail(state, e)
+        finally:
+            with _guard:
+                _warming.clear()
 
     threading.Thread(target=work, daemon=True, name="finetune-compile").start()
+
+
+def _fail(state: State, error: Exception) -> None:
+    """Compiled decoding off for this model, said where the chat logs and on stderr."""
+    while getattr(error, "inner_exception", None) or error.__cause__:  # torch wraps the
+        error = getattr(error, "inner_exception", None) or error.__cause__  # backend's error
+    text = (str(error).strip().splitlines() or [""])[0][:200]
+    state.failed = f"{type(error).__name__}: {text}"
+    message = (f"Compiled decoding is off for this model, its answers decode as before: "
+               f"{state.failed} (torch.compile needs a working C++ compiler such as g++; "
+               "FINETUNE_DECODE=eager skips it)")
+    state.log(message)
+    if state.log is not print:
+        print(message, file=sys.stderr)
+
+
+def forget(model) -> None:
+    """The chat let `model` go: a compile waiting for it is dropped."""
+    state = getattr(model, "_finetune_decode", None)
+    if state is not None:
+        state.closed = True
 
 
 @contextlib.contextmanager
@@ -174,26 +202,34 @@ def session(model, cfg, n_tokens: int) -> Iterator[dict[str, Any]]:
     if state is None or not size or state.failed:
         yield {}
         return
-    if size not in state.ready:
-        try:
-            yield {}
-        finally:
-            _warm(model, state, size)
-        return
-    if torch.get_num_threads() != state.threads or not state.lock.acquire(blocking=False):
-        yield {}
-        return
+    with _guard:
+        _answering[0] += 1
     try:
-        cfg.compile_config = _compile_config()
-        yield {"past_key_values": _static_cache(model, size)}
+        if size not in state.ready:
+            yield {}
+        elif torch.get_num_threads() != state.threads or not _busy.acquire(blocking=False):
+            yield {}
+        else:
+            try:
+                cfg.compile_config = _compile_config()
+                cfg.prefill_chunk_size = None  # a chunked prefill would compile in the answer
+                state.compiled_answers += 1
+                yield {"past_key_values": _static_cache(model, size)}
+            except Exception as e:  # the answer fails; later ones decode eagerly
+                _fail(state, e)
+                raise
+            finally:
+                _busy.release()
     finally:
-        state.lock.release()
+        with _guard:
+            _answering[0] -= 1
+        if size not in state.ready:
+            _warm(model, state, size)
 
 
 def wait(model, timeout: float = 600.0) -> State | None:
-    """Block until no warm-up runs for `model` (for benchmarks and tests)."""
-    state = getattr(model, "_finetune_decode", None)
+    """Block until no compile runs or waits (for benchmarks and tests); `model`'s state."""
     deadline = time.monotonic() + timeout
-    while state is not None and state.warming and time.monotonic() < deadline:
+    while _warming and time.monotonic() < deadline:
         time.sleep(0.1)
-    return state
+    return getattr(model, "_finetune_decode", None)

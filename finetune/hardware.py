@@ -16,14 +16,11 @@ import functools
 import gc
 import json
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, TypeVar
+from typing import Callable
 
-T = TypeVar("T")
-
-from finetune import paths
+from finetune import isolate, paths
 from finetune.errors import DeviceMemoryError
 
 
@@ -153,8 +150,8 @@ def probe() -> dict[str, float]:
         if name == "bf16" and hw.device == "cuda" and not hw.bf16_native:
             continue
         try:
-            gflops[name] = round(in_own_thread(_matmul_gflops, dtype,
-                                               "cuda" if hw.device == "cuda" else "cpu"), 1)
+            gflops[name] = round(isolate.run(
+                _matmul_gflops, dtype, "cuda" if hw.device == "cuda" else "cpu"), 1)
         except RuntimeError:
             continue
     try:
@@ -226,47 +223,6 @@ def inference_threads(training_active: bool) -> int:
     """
     n = threads()
     return 1 if training_active and n <= 2 else n
-
-
-def in_own_thread(fn: Callable[..., T], *args, **kwargs) -> T:
-    """`fn(*args, **kwargs)` run in a new thread that ends with it: its result, or its error.
-
-    Each thread that runs parallel torch work on a CPU keeps an OpenMP (libgomp) team of
-    threads until it ends. Once a process holds more of those than the machine has cores,
-    libgomp stops letting them spin between parallel regions, and the compiled chat decode
-    (`finetune.fastdecode`: hundreds of short parallel regions a token) slowed to half speed (a
-    2-core AMD EPYC: 35 -> 18 tokens/s after one matmul in a long-lived thread, for good). So
-    torch work that a long-lived thread asks for (the app's Gradio workers, a command's main
-    thread before it chats) runs through this, or `own_thread`."""
-    import contextvars
-
-    context = contextvars.copy_context()  # e.g. a Gradio request's progress tracker
-    result: list = []
-    failure: list[BaseException] = []
-
-    def run():
-        try:
-            result.append(context.run(fn, *args, **kwargs))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(e)
-
-    worker = threading.Thread(target=run, daemon=True,
-                              name=f"finetune-{getattr(fn, '__name__', 'work')}")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def own_thread(fn: Callable[..., T]) -> Callable[..., T]:
-    """A decorator: `fn` always runs through `in_own_thread`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return in_own_thread(fn, *args, **kwargs)
-
-    return wrapper
 
 
 def use_inference_threads(training_active: bool) -> None:

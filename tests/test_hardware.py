@@ -171,25 +171,3 @@ def test_inference_threads_leave_a_core_to_a_training_on_small_machines(monkeypa
                          cwd=Path(hardware.__file__).parents[1])
     assert out.stdout.strip() == "False"
 
-
-def test_work_in_its_own_thread_returns_raises_and_keeps_the_callers_context():
-    import contextvars
-    import threading
-
-    from finetune.errors import RunError
-
-    request = contextvars.ContextVar("request", default="none")
-    request.set("this request")
-    seen = []
-
-    @hardware.own_thread
-    def work(x, fail=False):
-        seen.append((threading.current_thread() is not threading.main_thread(), request.get()))
-        if fail:
-            raise RunError("the run is gone")
-        return x * 2
-
-    assert work(21) == 42
-    with pytest.raises(RunError, match="the run is gone"):
-        work(1, fail=True)
-    assert seen == [(True, "this request")] * 2

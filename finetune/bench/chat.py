@@ -30,7 +30,7 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from finetune import fastdecode, generation, hardware, models
+    from finetune import fastdecode, generation, hardware, isolate, models
     from finetune.bench import cpu_id
     from finetune.config import GenerationSettings
 
@@ -53,7 +53,7 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
     device, dtype = hardware.inference_settings()
     t0 = time.perf_counter()
     source = models.resolve(model or "bundled")
-    lm = models.load_model(source, dtype=dtype, device=device)
+    lm = isolate.run(models.load_model, source, dtype=dtype, device=device)  # as the chat does
     lm.eval()
     tokenizer = models.load_tokenizer(source)
     load_s = time.perf_counter() - t0
@@ -85,8 +85,8 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         return _speeds(start, times, n) + (text,)
 
-    # plain generate in a thread of its own, as the chat's stream runs it (`in_own_thread`)
-    ways = {"generate": lambda: hardware.in_own_thread(plain), "chat": chat_path}
+    # plain generate in a thread of its own, as the chat's stream runs it (`finetune.isolate`)
+    ways = {"generate": lambda: isolate.run(plain), "chat": chat_path}
     runs: dict[str, list] = {name: [] for name in ways}
     for name, way in ways.items():  # warm-up: first-call allocations are not what a user waits for
         way()
@@ -108,7 +108,8 @@ def bench_chat(max_new_tokens: int = 64, repeats: int = 3, model: str | None = N
         "chat": ours, "generate": base,
         "ttft_s": ours["ttft_s"], "decode_tokens_per_s": ours["decode_tokens_per_s"],
         "answer": runs["chat"][0][2],
-        "compiled_decode": {"on": bool(compiled and compiled.ready),
+        "compiled_decode": {"on": bool(compiled and compiled.compiled_answers),
+                            "compiled_answers": compiled.compiled_answers if compiled else 0,
                             "compile_s": {str(k): round(v, 1)
                                           for k, v in (compiled.ready if compiled else {}).items()},
                             "off_reason": (compiled.failed if compiled else
