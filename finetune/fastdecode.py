@@ -50,7 +50,7 @@ class State:
 # beside an answer made it 3x slower, and two compiled answers at once share the same cores.
 _busy = threading.Lock()
 _guard = threading.Lock()  # for the two below
-_warming: list = []  # the (model, size) compiling now, or waiting for answers to end
+_warming: list = []  # the cache size compiling now, or waiting for answers to end
 _answering = [0]  # answers of prepared models in progress, eager or compiled
 
 
@@ -133,7 +133,7 @@ def _warm(model, state: State, size: int) -> None:
     with _guard:
         if not size or size in state.ready or state.failed or state.closed or _warming:
             return
-        _warming.append((model, size))
+        _warming.append(size)
 
     def work():
         import torch
