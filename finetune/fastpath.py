@@ -11,7 +11,9 @@ What it changes, and only inside TRL's SFTTrainer (TRL and PEFT stay the engine)
   sequence, from the row starts TRL's collator gives (`cu_seq_lens_q`). transformers' own answer
   to packed sequences on SDPA is a (tokens x tokens) block mask, whose attention costs grow with
   the square of the whole batch (~10x the work for 8 rows) and whose weights stay in memory for
-  the backward pass. Flash attention (GPU, when installed) does the same natively.
+  the backward pass. Flash attention (GPU, when installed) does the same natively. On a CPU the
+  rows are one autograd function (`_rows_function`) that keeps the batch's queries, keys and
+  values once, not a joined copy for each row that sees the shared prefix.
 - Logits only where the loss is: the hidden states of the positions whose next token is an answer
   token go through the lm-head (`logits_to_keep` as a mask); the prompt never meets the 49k-word
   head. The loss is TRL's: the summed cross-entropy of the answer tokens over `num_items_in_batch`.
@@ -33,6 +35,7 @@ ROW_ATTENTION = "sdpa_rows"
 # The last batch's row bounds: every layer gets the same tensor, read from the device once. Held
 # by reference (compared with `is`), so a new batch at the same address is never mistaken for it.
 _last_bounds: list = [None, None]
+_rows_fn: list = []  # the autograd function of row attention on a CPU, made on first use
 
 
 def _row_bounds(query, kwargs) -> tuple[list[int], list[int]] | None:
@@ -75,49 +78,90 @@ def row_attention(module, query, key, value, attention_mask, **kwargs):
     if rows is None or len(rows[0]) <= 2:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     bounds, firsts = rows
-    prefix = bounds[1] if firsts[0] == 0 else 0
     rest = {k: v for k, v in kwargs.items() if k not in ("is_causal", "position_ids")}
-    # One split per tensor, not a slice per row: a slice's backward writes its gradient into a
-    # zero tensor of the whole batch (rows x tokens of work), a split's is one concatenation.
-    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-    qs, ks, vs = (t.split(sizes, dim=2) for t in (query, key, value))
-    # On a CPU, SDPA itself: its kernel takes grouped keys as they are, with a mask too
-    # (transformers copies each key and value head once per query head for a mask: 3x on the
-    # bundled model), and its outputs, which it keeps for its backward pass, are all the fused
-    # o_proj needs to make its input again (`fused_lora.remake_later`).
-    direct = query.device.type == "cpu" and not rest.get("dropout") and rest.get("softcap") is None
-    outs, raws = [], []
-    for i, (n, first) in enumerate(zip(sizes, firsts)):
-        if n <= 0:
-            continue
-        own = first == 0 or first != prefix  # a row of its own: causal within it
-        mask, k, v = None, ks[i], vs[i]
-        if not own:  # a row continuing the shared prefix (chunk 0): all of it, then itself
-            mask = torch.ones(n, first + n, dtype=torch.bool, device=query.device)
-            mask[:, first:] = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-            mask = mask[None, None]
-            k, v = torch.cat([ks[0], k], dim=2), torch.cat([vs[0], v], dim=2)
-        if direct:
-            raws.append(torch.nn.functional.scaled_dot_product_attention(
-                qs[i], k, v, attn_mask=mask, is_causal=own, scale=rest.get("scaling"),
-                enable_gqa=k.shape[1] != qs[i].shape[1]))
-            outs.append(raws[-1].transpose(1, 2))
-        else:
-            outs.append(sdpa_attention_forward(module, qs[i], k, v, mask, is_causal=own,
-                                               **rest)[0])
-    out = torch.cat(outs, dim=1)  # (batch, tokens, heads, head_dim), as SDPA returns
-    if raws and torch.is_grad_enabled():
-        from finetune import fused_lora
-
-        fused_lora.remake_later(out, _rows_output, raws)
-    return out, None
+    if query.device.type == "cpu" and not rest.get("dropout") and rest.get("softcap") is None:
+        return _rows_function().apply(query, key, value, bounds, firsts, rest.get("scaling")), None
+    outs = [sdpa_attention_forward(module, q, k, v, mask, is_causal=own, **rest)[0]
+            for _, _, q, k, v, own, mask in _rows(query, key, value, bounds, firsts)]
+    return torch.cat(outs, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns
 
 
-def _rows_output(raws):
-    """The row attention's output made again from SDPA's outputs of its rows."""
+def _rows(query, key, value, bounds, firsts):
+    """Each row of a packed batch for SDPA: (start, end, its queries, the keys and values it
+    sees, causal, mask). A row continuing the shared prefix (the first row, see
+    `SharedPrefixCollator`) sees all of the prefix, then itself causally: its keys and values
+    are the prefix's and its own, joined, and a mask (0 or -inf) says so. One split per tensor,
+    not a slice per row: a slice's backward writes its gradient into a zero tensor of the whole
+    batch (rows x tokens of work), a split's is one concatenation."""
     import torch
 
-    return torch.cat([r.transpose(1, 2) for r in raws], dim=1)
+    prefix = bounds[1] if firsts[0] == 0 else 0
+    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    qs, ks, vs = (t.split(sizes, dim=2) for t in (query, key, value))
+    for i, (a, b, first) in enumerate(zip(bounds[:-1], bounds[1:], firsts)):
+        if b <= a:
+            continue
+        k, v, mask = ks[i], vs[i], None
+        own = first == 0 or first != prefix  # a row of its own: causal within it
+        if not own:
+            n = b - a
+            k, v = torch.cat([ks[0], k], dim=2), torch.cat([vs[0], v], dim=2)
+            mask = query.new_zeros(n, prefix + n)
+            mask[:, prefix:] = torch.full((n, n), float("-inf"), dtype=query.dtype,
+                                          device=query.device).triu(1)
+            mask = mask[None, None]
+        yield a, b, qs[i], k, v, own, mask
+
+
+def _rows_function():
+    """SDPA row by row on a CPU as one autograd function (made on first use). Its backward pass
+    keeps the whole batch's queries, keys, values, output and log-sum-exp, once: not the joined
+    keys and values and the mask of each row continuing the shared prefix, which SDPA's own
+    backward would keep (~9% of a step's kept activations on the `bench train` batch). Those are
+    made again in the backward pass. SDPA's CPU kernel takes grouped keys as they are, with a mask
+    too (transformers copies each key and value head once per query head for a mask: 3x on the
+    bundled model). The output it returns is all the fused o_proj (`fused_lora`) keeps."""
+    if _rows_fn:
+        return _rows_fn[0]
+    import torch
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+    class RowsAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, query, key, value, bounds, firsts, scale):
+            outs, lses = [], []
+            for _, _, q, k, v, own, mask in _rows(query, key, value, bounds, firsts):
+                out, lse = flash(q, k, v, 0.0, own, attn_mask=mask, scale=scale)
+                outs.append(out.transpose(1, 2))
+                lses.append(lse)
+            out = torch.cat(outs, dim=1)  # (batch, tokens, heads, head_dim), as SDPA returns
+            ctx.save_for_backward(query, key, value, out, torch.cat(lses, dim=2))
+            ctx.rows = (bounds, firsts, scale)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            query, key, value, out, lse = ctx.saved_tensors
+            bounds, firsts, scale = ctx.rows
+            grad_q = torch.zeros_like(query)
+            grad_k, grad_v = torch.zeros_like(key), torch.zeros_like(value)
+            for a, b, q, k, v, own, mask in _rows(query, key, value, bounds, firsts):
+                dq, dk, dv = flash_backward(grad[:, a:b].transpose(1, 2), q, k, v,
+                                            out[:, a:b].transpose(1, 2), lse[:, :, a:b], 0.0,
+                                            own, attn_mask=mask, scale=scale)
+                grad_q[:, :, a:b] = dq
+                seen = k.shape[2] - (b - a)  # the prefix's share of its keys, if any
+                grad_k[:, :, a:b] += dk[:, :, seen:]
+                grad_v[:, :, a:b] += dv[:, :, seen:]
+                if seen:
+                    grad_k[:, :, :seen] += dk[:, :, :seen]
+                    grad_v[:, :, :seen] += dv[:, :, :seen]
+            return grad_q, grad_k, grad_v, None, None, None
+
+    _rows_fn.append(RowsAttention)
+    return RowsAttention
 
 
 def _row_mask(*args, attention_mask=None, **kwargs):

@@ -5,8 +5,9 @@ down, SiLU) whose three LoRA layers run as one step that keeps only its input an
 up's outputs for the backward pass (the SiLU and the product are recomputed there, two passes of
 elementwise work, instead of holding two more (tokens x 1536) tensors a layer); and Llama's
 RMSNorm as one step whose output the layers it feeds do not keep: they keep its input, which the
-norm keeps anyway, and make the output again in their backward pass (`_kept_input`; the same for
-the output of `fastpath.row_attention`, made again from SDPA's own kept outputs).
+norm keeps anyway, and make the output again in their backward pass (`_kept_input`). The o_proj
+fed by `fastpath.row_attention` keeps that attention's output, which the attention keeps anyway:
+one tensor for both.
 
     fused_lora.apply(peft_model)     # after TRL/PEFT wrapped the model; returns layers switched
 
@@ -153,15 +154,12 @@ def remake_later(out, recipe, *inputs) -> None:
 
 def _kept_input(ctx, x, flat):
     """What a fused layer keeps for its backward pass to know its input: the input itself, or,
-    for an input marked by `remake_later` (a fused norm's output, the row attention's) and not
-    changed in place since, nothing: the inputs of its recipe are held and it is made again in
-    the backward pass. Saves one (tokens x hidden) tensor a norm and an attention."""
-    holder = x if x._base is None else x._base  # o_proj gets a view of the attention's output
-    mark = getattr(holder, "_made_again", None)
-    whole = holder is x or (x.is_contiguous() and holder.is_contiguous()
-                            and x.numel() == holder.numel())
-    if mark is not None and (mark[3] != holder._version or not whole):
-        mark = None  # changed in place since, or only a part of it seen: keep the input
+    for an input marked by `remake_later` (a fused norm's output) and not changed in place
+    since, nothing: the inputs of its recipe are held and it is made again in the backward pass.
+    Saves one (tokens x hidden) tensor a norm."""
+    mark = getattr(x, "_made_again", None)
+    if mark is not None and mark[3] != x._version:
+        mark = None  # changed in place since: keep the input
     ctx.remake = mark and (*mark[:3], flat.shape[-1])
     return flat if mark is None else flat.new_empty(0)
 
