@@ -9,14 +9,14 @@ cores at ~19-25 GB/s. transformers' static cache gives the step fixed shapes, so
 once per cache size (`BUCKETS`), and the norms, rotary and attention around the products are
 fused too. `bench chat`: ~2.5x plain `generate` with the same answer (docs/BENCHMARKS.md).
 
-Compiling takes ~50 s on 2 cores (~12 s from inductor's cache, /tmp/torchinductor_<user>):
-an answer whose cache size is not compiled yet decodes as before (eager), and once it is done
-the size compiles in a background thread at the lowest CPU priority, while the user reads (an
-answer that ran beside a compile took 3x as long). The compiled code uses the thread count of
-the first compile: with another (a training started beside the chat), answers decode eagerly.
-Only for what was measured: CPU, fp32, a model of MIN_PARAMS or more (below that a step is
-Python, not weights). `FINETUNE_DECODE=eager` turns it off. The prefill (the prompt, many
-tokens at once) is not compiled: it is matrix-matrix work.
+Compiling takes ~50 s on 2 cores (~12 s from inductor's cache, torchinductor_<user> in the temp
+directory): an answer whose cache size is not compiled yet decodes as before (eager), and once it
+is done the size compiles in a background thread at the lowest CPU priority, while the user reads
+(an answer that ran beside a compile took 3x as long). The compiled code uses the thread count of
+the first compile: with another (a training started beside the chat), answers decode eagerly. Only
+for what was measured: CPU, fp32, a model of MIN_PARAMS or more (below that a step is Python, not
+weights). `FINETUNE_DECODE=eager` turns it off. The prefill (the prompt, many tokens at once) is
+not compiled: it is matrix-matrix work.
 """
 
 from __future__ import annotations

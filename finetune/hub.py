@@ -24,7 +24,9 @@ from finetune import export, runinfo
 from finetune.errors import FinetuneError
 
 CHAT_TEMPLATE_DIR = Path(__file__).resolve().parent / "ui" / "chat_space"
-CHAT_FILES = ("app.py", "requirements.txt", "README.md")
+CHAT_FILES = ("app.py", "requirements.txt", "packages.txt", "README.md")
+# finetune's own modules the Space's app.py imports, shipped beside it: the compiled CPU decode
+CHAT_MODULES = (Path(__file__).resolve().parent / "fastdecode.py",)
 SPACE_NOTE = ("This app runs on a Hugging Face Space, whose disk is wiped when the Space restarts "
               "or sleeps: push what you want to keep to the Hub (Share tab) before leaving.")
 
@@ -192,7 +194,8 @@ def _upload(hub, repo_id: str, repo_type: str, files: list[tuple[str, Any]], mes
 
 def chat_space_files(model_repo: str, title: str = "", system: str = "",
                      gguf_file: str | None = None) -> dict[str, bytes]:
-    """The files of a chat-only Space for `model_repo`, from the template in finetune/ui/chat_space/."""
+    """The files of a chat-only Space for `model_repo`: the template in finetune/ui/chat_space/
+    and the modules its app.py imports (`CHAT_MODULES`)."""
     from finetune import bundled
 
     settings = {"model": model_repo, "gguf_file": gguf_file, "system": system,
@@ -205,6 +208,8 @@ def chat_space_files(model_repo: str, title: str = "", system: str = "",
         if name == "README.md":
             text = string.Template(text).substitute(values)
         files[name] = text.encode("utf-8")
+    for module in CHAT_MODULES:
+        files[module.name] = module.read_bytes()
     files["chat_config.json"] = (json.dumps(settings, indent=2) + "\n").encode("utf-8")
     return files
 

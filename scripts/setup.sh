@@ -8,26 +8,32 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 req=requirements.txt
 [ "${1:-}" = dev ] && req=requirements-dev.txt
-# tcmalloc makes CPU training steps ~15-20% faster at the same peak memory (finetune/allocator.py).
-# Installed with apt-get where this user may (root, or sudo without a password); otherwise a note.
-ensure_tcmalloc() {
-  [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia ] || return 0
-  local probe="import ctypes.util as u, sys; sys.exit(not (u.find_library('tcmalloc_minimal')
-    or u.find_library('tcmalloc')))"
-  .venv/bin/python -c "$probe" && return 0
+# Debian packages that make it faster where present, installed with apt-get where this user may
+# (root, or sudo without a password); otherwise a note:
+# - tcmalloc: CPU training steps ~15-20% faster at the same peak memory (finetune/allocator.py);
+# - g++: torch.compile's C++ code, for the chat's compiled decode on a CPU (finetune/fastdecode.py).
+ensure_packages() {
+  local want=()
+  if [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia ]; then
+    local probe="import ctypes.util as u, sys; sys.exit(not (u.find_library('tcmalloc_minimal')
+      or u.find_library('tcmalloc')))"
+    .venv/bin/python -c "$probe" || want+=(libtcmalloc-minimal4)
+  fi
+  command -v g++ >/dev/null 2>&1 || want+=(g++)
+  [ ${#want[@]} -gt 0 ] || return 0
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      echo "note: CPU training is ~15-20% faster with tcmalloc: apt-get install libtcmalloc-minimal4"
+      echo "note: CPU training and chat are faster with these: apt-get install ${want[*]}"
       return 0
     fi
   fi
   command -v apt-get >/dev/null 2>&1 || return 0
   { $sudo apt-get update -qq && \
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4; } \
-    >.venv/tcmalloc-install.log 2>&1 || \
-    echo "note: could not install libtcmalloc-minimal4 (see .venv/tcmalloc-install.log);" \
-         "training uses the C library's malloc"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}"; } \
+    >.venv/apt-install.log 2>&1 || \
+    echo "note: could not install ${want[*]} (see .venv/apt-install.log); without tcmalloc" \
+         "training uses the C library's malloc, without g++ the chat decodes uncompiled"
 }
 stamp=".venv/.installed-$(cat requirements.txt "$req" pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
@@ -37,6 +43,6 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
   # The package itself, editable: `python -m finetune` and `finetune` work from any directory.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
-  ensure_tcmalloc
+  ensure_packages
   touch "$stamp"
 fi

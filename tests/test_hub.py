@@ -284,7 +284,7 @@ def test_a_bad_token_is_refused_with_what_to_do(hub_env, monkeypatch, run):
 def test_chat_space_is_published_from_the_template(hub_env, run):
     from huggingface_hub import SpaceCard
 
-    from finetune import hub
+    from finetune import fastdecode, hub
 
     if f"model:{USER}/contacts-tiny" not in hub_env.repos:
         hub.push(run, "contacts-tiny", merge=True, check=False)
@@ -294,8 +294,11 @@ def test_chat_space_is_published_from_the_template(hub_env, run):
     repo = hub_env.repos[f"space:{USER}/contacts-tiny-chat"]
     assert repo["sdk"] == "gradio" and not repo["private"]
     files = repo["files"]
-    assert sorted(files) == ["README.md", "app.py", "chat_config.json", "requirements.txt"]
+    assert sorted(files) == ["README.md", "app.py", "chat_config.json", "fastdecode.py",
+                             "packages.txt", "requirements.txt"]
     assert files["app.py"] == (hub.CHAT_TEMPLATE_DIR / "app.py").read_bytes()
+    assert files["fastdecode.py"] == Path(fastdecode.__file__).read_bytes()  # the app's own
+    assert files["packages.txt"].split() == [b"g++"]  # torch.compile's compiler
     settings = json.loads(files["chat_config.json"])
     assert settings["model"] == f"{USER}/contacts-tiny"
     assert settings["system"] == "Extract the contact."
@@ -307,18 +310,34 @@ def test_chat_space_is_published_from_the_template(hub_env, run):
     _no_secrets(files)
 
 
-def test_the_chat_space_app_answers_with_a_local_model(tiny_model, tmp_path, monkeypatch):
-    """The template's app.py, run as the Space runs it, loads the model and streams answers."""
-    import importlib.util
+@pytest.fixture
+def space_dir(tiny_model, tmp_path, monkeypatch):
+    """The chat Space's files for the tiny model, written as the Space holds them; its directory
+    on sys.path as when the Space runs `python app.py`."""
+    import sys
 
     from finetune import hub
 
     for name, data in hub.chat_space_files(str(tiny_model), system="Be brief.").items():
         (tmp_path / name).write_bytes(data)
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
-    spec = importlib.util.spec_from_file_location("chat_space_app", tmp_path / "app.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("fastdecode", None)  # the Space's own copy, shipped beside app.py
+
+
+def _space_app(space_dir):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chat_space_app", space_dir / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
+    return app
+
+
+def test_the_chat_space_app_answers_with_a_local_model(space_dir):
+    """The template's app.py, run as the Space runs it, loads the model and streams answers."""
+    app = _space_app(space_dir)
     history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                {"role": "assistant", "content": "Hello."}]
     assert app.messages_for("Who?", history, "Be brief.") == [
@@ -328,6 +347,31 @@ def test_the_chat_space_app_answers_with_a_local_model(tiny_model, tmp_path, mon
     pieces = list(app.respond("Hi", [], "Be brief."))
     assert pieces and isinstance(pieces[-1], str)
     assert type(app.demo).__name__ == "ChatInterface"
+
+
+def test_the_chat_space_decodes_compiled_on_a_cpu_as_the_app_does(space_dir, monkeypatch):
+    """A Space on a CPU (the free kind) decodes with the app's compiled step after its first
+    answer (`finetune.fastdecode`, shipped beside app.py), and answers the same."""
+    import importlib
+
+    import torch
+
+    monkeypatch.delenv("FINETUNE_DECODE", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model compiles faster on one thread
+    try:
+        fastdecode = importlib.import_module("fastdecode")
+        assert fastdecode.__file__ == str(space_dir / "fastdecode.py")
+        monkeypatch.setattr(fastdecode, "MIN_PARAMS", 0)  # the tiny model is below it
+        app = _space_app(space_dir)
+        app.MAX_NEW_TOKENS = 12
+        first = list(app.respond("What is two plus two?", [], "Be brief."))[-1]
+        state = fastdecode.wait(app.model)
+        assert state is not None and not state.failed and list(state.ready) == [512]
+        again = list(app.respond("What is two plus two?", [], "Be brief."))[-1]
+        assert again == first and state.compiled_answers == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_no_token_says_where_to_put_one(monkeypatch):
