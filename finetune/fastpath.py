@@ -35,7 +35,6 @@ ROW_ATTENTION = "sdpa_rows"
 # The last batch's row bounds: every layer gets the same tensor, read from the device once. Held
 # by reference (compared with `is`), so a new batch at the same address is never mistaken for it.
 _last_bounds: list = [None, None]
-_rows_fn: list = []  # the autograd function of row attention on a CPU, made on first use
 
 
 def _row_bounds(query, kwargs) -> tuple[list[int], list[int]] | None:
@@ -91,8 +90,9 @@ def _rows(query, key, value, bounds, firsts):
     sees, causal, mask). A row continuing the shared prefix (the first row, see
     `SharedPrefixCollator`) sees all of the prefix, then itself causally: its keys and values
     are the prefix's and its own, joined, and a mask (0 or -inf) says so. One split per tensor,
-    not a slice per row: a slice's backward writes its gradient into a zero tensor of the whole
-    batch (rows x tokens of work), a split's is one concatenation."""
+    not a slice per row: where autograd differentiates through them (off the CPU), a slice's
+    backward writes its gradient into a zero tensor of the whole batch (rows x tokens of work),
+    a split's is one concatenation."""
     import torch
 
     prefix = bounds[1] if firsts[0] == 0 else 0
@@ -113,6 +113,7 @@ def _rows(query, key, value, bounds, firsts):
         yield a, b, qs[i], k, v, own, mask
 
 
+@functools.cache
 def _rows_function():
     """SDPA row by row on a CPU as one autograd function (made on first use). Its backward pass
     keeps the whole batch's queries, keys, values, output and log-sum-exp, once: not the joined
@@ -121,8 +122,6 @@ def _rows_function():
     made again in the backward pass. SDPA's CPU kernel takes grouped keys as they are, with a mask
     too (transformers copies each key and value head once per query head for a mask: 3x on the
     bundled model). The output it returns is all the fused o_proj (`fused_lora`) keeps."""
-    if _rows_fn:
-        return _rows_fn[0]
     import torch
 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -145,22 +144,21 @@ def _rows_function():
         def backward(ctx, grad):
             query, key, value, out, lse = ctx.saved_tensors
             bounds, firsts, scale = ctx.rows
-            grad_q = torch.zeros_like(query)
-            grad_k, grad_v = torch.zeros_like(key), torch.zeros_like(value)
+            # the rows cover every token once, the prefix (row 0) before the rows that see it
+            grad_q, grad_k, grad_v = (torch.empty_like(t) for t in (query, key, value))
             for a, b, q, k, v, own, mask in _rows(query, key, value, bounds, firsts):
                 dq, dk, dv = flash_backward(grad[:, a:b].transpose(1, 2), q, k, v,
                                             out[:, a:b].transpose(1, 2), lse[:, :, a:b], 0.0,
                                             own, attn_mask=mask, scale=scale)
                 grad_q[:, :, a:b] = dq
                 seen = k.shape[2] - (b - a)  # the prefix's share of its keys, if any
-                grad_k[:, :, a:b] += dk[:, :, seen:]
-                grad_v[:, :, a:b] += dv[:, :, seen:]
+                grad_k[:, :, a:b] = dk[:, :, seen:]
+                grad_v[:, :, a:b] = dv[:, :, seen:]
                 if seen:
                     grad_k[:, :, :seen] += dk[:, :, :seen]
                     grad_v[:, :, :seen] += dv[:, :, :seen]
             return grad_q, grad_k, grad_v, None, None, None
 
-    _rows_fn.append(RowsAttention)
     return RowsAttention
 
 

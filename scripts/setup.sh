@@ -8,19 +8,20 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 req=requirements.txt
 [ "${1:-}" = dev ] && req=requirements-dev.txt
-# Debian packages that make it faster where present, installed with apt-get where this user may
-# (root, or sudo without a password); otherwise a note:
+# Debian packages that make it faster on a CPU where present, installed with apt-get where this
+# user may (root, or sudo without a password), else a note; each missing set is tried once:
 # - tcmalloc: CPU training steps ~15-20% faster at the same peak memory (finetune/allocator.py);
-# - g++: torch.compile's C++ code, for the chat's compiled decode on a CPU (finetune/fastdecode.py).
+# - g++: torch.compile's C++ code, for the chat's compiled decode (finetune/fastdecode.py).
 ensure_packages() {
+  [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia ] || return 0
   local want=()
-  if [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia ]; then
-    local probe="import ctypes.util as u, sys; sys.exit(not (u.find_library('tcmalloc_minimal')
-      or u.find_library('tcmalloc')))"
-    .venv/bin/python -c "$probe" || want+=(libtcmalloc-minimal4)
-  fi
+  local probe="import ctypes.util as u, sys; sys.exit(not (u.find_library('tcmalloc_minimal')
+    or u.find_library('tcmalloc')))"
+  .venv/bin/python -c "$probe" || want+=(libtcmalloc-minimal4)
   command -v g++ >/dev/null 2>&1 || want+=(g++)
   [ ${#want[@]} -gt 0 ] || return 0
+  [ "$(cat .venv/.apt-tried 2>/dev/null)" != "${want[*]}" ] || return 0
+  echo "${want[*]}" > .venv/.apt-tried
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
@@ -43,6 +44,6 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
   # The package itself, editable: `python -m finetune` and `finetune` work from any directory.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
-  ensure_packages
   touch "$stamp"
 fi
+ensure_packages  # every time: cheap when nothing is missing

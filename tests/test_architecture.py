@@ -76,3 +76,15 @@ def test_the_cli_and_config_load_without_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_modules_a_chat_space_ships_stand_alone():
+    """`hub` ships these beside the chat Space's app.py, where no finetune package is installed:
+    they import nothing of ours."""
+    from finetune import hub
+
+    for path in hub.CHAT_MODULES:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+        ours = [i for i in imports(path) if i.split(".")[0] == "finetune"]
+        assert relative == [] and ours == [], path.name

@@ -116,8 +116,8 @@ def test_a_norm_output_changed_in_place_is_kept_as_it_is(tiny_model):
 
 
 def test_fused_layers_on_row_attention_give_peft_s_gradients(tiny_model):
-    """Packed rows sharing a prefix, attention row by row: o_proj makes its input again from
-    SDPA's kept outputs; every adapter's gradient is PEFT's on the same batch."""
+    """Packed rows sharing a prefix, attention row by row (one autograd function whose output
+    o_proj keeps as its input); every adapter's gradient is PEFT's on the same batch."""
     from finetune import fastpath
 
     plain, fused, _ = _pair(tiny_model)

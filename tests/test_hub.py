@@ -349,6 +349,39 @@ def test_the_chat_space_app_answers_with_a_local_model(space_dir):
     assert type(app.demo).__name__ == "ChatInterface"
 
 
+def test_the_chat_space_stops_a_closed_answer_and_says_why_one_failed(space_dir, monkeypatch):
+    """A stopped answer (the user pressed stop, or left) stops generating; an answer that fails
+    tells the user so instead of ending as if complete."""
+    import threading
+
+    import gradio as gr
+
+    app = _space_app(space_dir)
+    app.MAX_NEW_TOKENS = 200
+    real, made, done = app.model.generate, [], threading.Event()
+
+    def generate(**kwargs):
+        try:
+            out = real(**kwargs)
+            made.append(out.shape[1] - kwargs["input_ids"].shape[1])
+            return out
+        finally:
+            done.set()
+
+    monkeypatch.setattr(app.model, "generate", generate)
+    answer = app.respond("Hi", [], "Be brief.")
+    next(answer)
+    answer.close()
+    assert done.wait(60) and made and made[0] < 100  # not the 200 it was allowed
+
+    def broken(**kwargs):
+        raise RuntimeError("out of memory (test)")
+
+    monkeypatch.setattr(app.model, "generate", broken)
+    with pytest.raises(gr.Error, match="could not answer: RuntimeError: out of memory"):
+        list(app.respond("Hi", [], "Be brief."))
+
+
 def test_the_chat_space_decodes_compiled_on_a_cpu_as_the_app_does(space_dir, monkeypatch):
     """A Space on a CPU (the free kind) decodes with the app's compiled step after its first
     answer (`finetune.fastdecode`, shipped beside app.py), and answers the same."""

@@ -6,9 +6,9 @@
 merged model, an adapter (PEFT loads its base model) or a GGUF file (`gguf_file`). The model
 answers with the chat template and end-of-turn token it was trained with. A private model needs
 a read token as the Space secret HF_TOKEN. On ZeroGPU hardware each answer borrows a GPU. On a
-CPU (a free Space) answers decode as in finetune's own chat: `fastdecode.py`, shipped beside
-this file, compiles the decode step in the background after the first answer (~2.5x faster on
-2 cores; FINETUNE_DECODE=eager turns it off).
+CPU (a free Space) a merged or GGUF model decodes as in finetune's own chat: `fastdecode.py`,
+shipped beside this file, compiles the decode step in the background after the first answer
+(~2x faster on 2 cores; FINETUNE_DECODE=eager turns it off). An adapter decodes as before.
 """
 
 import copy
@@ -20,7 +20,8 @@ from pathlib import Path
 import fastdecode
 import gradio as gr
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+from transformers import (AutoModelForCausalLM, AutoTokenizer, StoppingCriteria,
+                          StoppingCriteriaList, TextIteratorStreamer)
 
 CONFIG = json.loads((Path(__file__).parent / "chat_config.json").read_text(encoding="utf-8"))
 MODEL = os.environ.get("MODEL_ID") or CONFIG["model"]
@@ -72,6 +73,28 @@ def _gpu(fn):
     return fn
 
 
+class _Halt(StoppingCriteria):
+    """Stops generating once `event` is set: the user stopped the answer or left."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
+def _greedy_config():
+    """The model's generation config (its end-of-turn token), greedy: it answers as the
+    evaluation measured, with no sampling settings left to warn about."""
+    cfg = copy.deepcopy(model.generation_config)
+    cfg.update(max_new_tokens=MAX_NEW_TOKENS, max_length=None, min_new_tokens=None,
+               do_sample=False, temperature=None, top_p=None, top_k=None)
+    cfg.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    return cfg
+
+
 @_gpu
 def respond(message, history, system: str = CONFIG.get("system", "")):
     """Stream the answer; greedy, so it answers as the evaluation measured."""
@@ -79,26 +102,31 @@ def respond(message, history, system: str = CONFIG.get("system", "")):
                                          add_generation_prompt=True)
     inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(DEVICE)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    cfg = copy.deepcopy(model.generation_config)
-    cfg.update(max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-               pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    cfg = _greedy_config()
     n_tokens = inputs["input_ids"].shape[1] + MAX_NEW_TOKENS
+    halt, failure = threading.Event(), []
 
     def work():
         try:
             with torch.inference_mode(), fastdecode.session(model, cfg, n_tokens) as extra:
-                model.generate(**inputs, generation_config=cfg, streamer=streamer, **extra)
-        except Exception:
-            streamer.end()  # the answer ends here; the Space's log shows the error
-            raise
+                model.generate(**inputs, generation_config=cfg, streamer=streamer,
+                               stopping_criteria=StoppingCriteriaList([_Halt(halt)]), **extra)
+        except Exception as e:  # noqa: BLE001 - said to the user below, after the thread ends
+            failure.append(e)
+            streamer.end()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     answer = ""
-    for piece in streamer:
-        answer += piece
-        yield answer
+    try:
+        for piece in streamer:
+            answer += piece
+            yield answer
+    finally:
+        halt.set()  # a stopped answer, or a closed page, stops the generation too
     thread.join()
+    if failure:
+        raise gr.Error(f"The model could not answer: {type(failure[0]).__name__}: {failure[0]}")
 
 
 demo = gr.ChatInterface(
