@@ -170,4 +170,3 @@ def test_inference_threads_leave_a_core_to_a_training_on_small_machines(monkeypa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(hardware.__file__).parents[1])
     assert out.stdout.strip() == "False"
-
