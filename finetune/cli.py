@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seq-len", type=int, help="train: rows of about this many tokens (the "
                    "samples' turns in long chats) instead of --data, and max length the same")
     b.add_argument("--method", help="train: lora, qlora or full (default: lora)")
+    b.add_argument("--liger", action="store_true", default=None, help="train, on an NVIDIA "
+                   "GPU: ours without and with Liger's kernels; 'auto' then follows the result")
     b.add_argument("--tasks", default="", help="defaults only: comma-separated tasks (default: "
                    "sample:contacts,sample:tickets,sample:rewrite,dates,receipts)")
     b.add_argument("--setups", default="", help="defaults only: comma-separated setups "

@@ -108,6 +108,9 @@ class RunConfig:
                         "runs fastest.", choices=[AUTO, "fp32", "bf16", "fp16"], group="machine")
     gradient_checkpointing: str = _f(AUTO, "Recompute activations to save memory at ~30% more time.",
                                      choices=[AUTO, "on", "off"], group="machine")
+    liger_kernels: str = _f(AUTO, "Liger's fused RMSNorm, SwiGLU and RoPE kernels (NVIDIA GPUs); "
+                            "'auto': on where `bench train --liger` measured them faster on "
+                            "this GPU.", choices=[AUTO, "on", "off"], group="machine")
 
     # --- several GPUs, then several machines (launched through accelerate: finetune.launch)
     num_processes: Auto = _f(AUTO, "Training processes in all, one per GPU ('auto': one per "

@@ -147,7 +147,7 @@ def model_shape(source: ModelSource) -> dict:
     text = config.get_text_config()
     return {"n_params": n_params, "hidden": text.hidden_size, "layers": text.num_hidden_layers,
             "vocab": text.vocab_size, "context": context_length(model_files(source.path)),
-            "lora_per_rank": per_rank}
+            "lora_per_rank": per_rank, "model_type": str(config.model_type or "")}
 
 
 # --- loading ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune import liger
 from finetune.config import AUTO, RunConfig
 from finetune.data import percentile, val_rows
 from finetune.errors import ConfigError, DataError
@@ -66,6 +67,8 @@ class Facts:
     free_gb: float | None = None  # GPU memory free when planned (None: a CPU, budget the RAM)
     gflops: float = 0.0  # measured matmul speed in the chosen precision (0: not measured)
     gpus: int = 0  # GPUs visible to this machine (each machine of the run has as many)
+    model_type: str = ""  # the model config's model_type ('llama', ...)
+    gpu_name: str = ""  # the GPU's name, where there is one (what Liger was measured on)
     # for the checks before training (data.checks): the rows, the counter that renders them as
     # training will, the model's folder (its generation config), what balancing did
     rows: list | None = None
@@ -335,6 +338,8 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
 
     decide("data_format", f.data_format, "detected from the data's columns")
     decide("precision", f.precision, f.precision_reason)
+    decide("liger_kernels", *liger.choose(f.device, f.model_type, liger.installed(),
+                                          liger.measured(f.gpu_name) if f.gpu_name else None))
     vf = decide("val_fraction", *val_fraction(f))
     n_train = f.n_rows - round(float(vf) * f.n_rows)
     length = decide("max_length", *max_length(f))
@@ -473,6 +478,7 @@ def measure(cfg: RunConfig):
                   precision=precision, precision_reason=why, device=hw.device,
                   memory_gb=hw.memory_gb, free_gb=hardware.free_memory_gb(), gflops=speed,
                   gpus=hardware.gpu_count(), rows=rows, counter=counter,
+                  gpu_name=hw.name if hw.device == "cuda" else "",
                   model_folder=source.path if Path(source.path).is_dir() else
                   models.model_files(cfg.model),  # a Hub model: its cached config files
                   balanced=splits.report.get("balanced"), mixed=splits.report.get("mixed"),
@@ -489,6 +495,7 @@ def plan(cfg: RunConfig) -> Plan:
         raise ConfigError("precision fp16 needs a GPU (CPUs run it at ~2 GFLOP/s, and training "
                           "refuses it there): use 'auto', 'fp32' or 'bf16' on this machine.")
     facts, source, lora_per_rank = measure(cfg)
+    liger.check(cfg.liger_kernels, facts.device, facts.model_type)
     resolved, reasons = resolve(cfg, facts, lora_per_rank)
     resolved.validate()  # what auto chose must work together too (processes x strategy x method)
     reasons["model"] = source.describe()

@@ -218,7 +218,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     from transformers import set_seed
     from trl import SFTConfig
 
-    from finetune import allocator, data, fastpath, hardware, models, stopping
+    from finetune import allocator, data, fastpath, hardware, liger, models, stopping
 
     import datasets
 
@@ -284,6 +284,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         ddp_find_unused_parameters=False,  # several processes: every trained weight is used
         completion_only_loss=True,
         **fastpath.sft_overrides(),
+        **liger.sft_settings(cfg.liger_kernels),
     )
     callbacks = _make_callbacks(run_dir, stop, int(cfg.max_steps))
     stopper = stopping.from_config(cfg) if early else None
@@ -302,6 +303,9 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
         _log(run_dir, tee, f"LoRA layers fused: {fused}")
     if hw.device == "cpu":
         _log(run_dir, tee, f"memory allocator: {allocator.describe()}")
+    if cfg.liger_kernels == "on":
+        _log(run_dir, tee, "kernels: Liger's RMSNorm, SwiGLU and RoPE (" +
+             liger.version() + ")")
     if cfg.precision == "fp16":  # loss scaling wants fp32 trained weights (TRL makes QLoRA
         models.trainable_to_fp32(trainer.model)  # adapters bf16, which a T4 only emulates)
     checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None

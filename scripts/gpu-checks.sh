@@ -2,7 +2,9 @@
 # Every check that needs a CUDA GPU, one after the other, each result as JSON in $1 (default
 # gpu-checks/): the GPU path end to end (train LoRA/QLoRA/full, evaluate, chat), our training
 # against plain TRL on the bundled model, on a Llama-3.2-1B-shaped model (sequence 2048, LoRA)
-# and on a Mistral-7B-shaped one (QLoRA), and with 2+ GPUs the multi-process tests.
+# and on a Mistral-7B-shaped one (QLoRA); on the first two ours also runs with Liger's kernels
+# (the last such measurement is what `liger_kernels: auto` follows); with 2+ GPUs the
+# multi-process tests.
 #   bash scripts/gpu-checks.sh            # ~30-40 minutes on one H100
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +22,8 @@ run() {  # name, then the bench arguments
   "$py" -m finetune bench "$@" --json > "$out/$name.json"
 }
 run gpu gpu
-run train-bundled train
-run train-llama-1b train --shape llama-1b --seq-len 2048
+run train-bundled train --liger
+run train-llama-1b train --shape llama-1b --seq-len 2048 --liger
 run train-mistral-7b-qlora train --shape mistral-7b --seq-len 2048 --method qlora
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -ge 2 ]; then

@@ -36,12 +36,14 @@ ensure_packages() {
     echo "note: could not install ${want[*]} (see .venv/apt-install.log); without tcmalloc" \
          "training uses the C library's malloc, without g++ the chat decodes uncompiled"
 }
-stamp=".venv/.installed-$(cat requirements.txt "$req" pyproject.toml | sha1sum | cut -c1-12)"
+gpu=""
+[ -e /proc/driver/nvidia ] && gpu=requirements-gpu.txt  # an NVIDIA driver: Liger's kernels too
+stamp=".venv/.installed-$(cat requirements.txt "$req" $gpu pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   # torch first, by itself: the pin resolves to the CPU build on a CPU machine, CUDA on a GPU Space.
   .venv/bin/python -m pip install -q --disable-pip-version-check "$(grep '^torch==' requirements.txt)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req" ${gpu:+-r "$gpu"}
   # The package itself, editable: `python -m finetune` and `finetune` work from any directory.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"

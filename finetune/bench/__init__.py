@@ -95,7 +95,7 @@ def check_names(what: list[str]) -> list[str]:
     return list(what) or QUICK
 
 
-TRAIN_OPTIONS = ("model", "data", "steps", "rounds", "shape", "seq_len", "method")
+TRAIN_OPTIONS = ("model", "data", "steps", "rounds", "shape", "seq_len", "method", "liger")
 
 
 def run_one(name: str, options: dict | None = None) -> dict:

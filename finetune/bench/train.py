@@ -5,6 +5,7 @@
     python -m finetune bench train --json --model DIR --steps 3 --data FILE   # any model/data
     python -m finetune bench train --json --shape llama-1b --seq-len 2048      # a GPU's check
     python -m finetune bench train --json --shape mistral-7b --seq-len 2048 --method qlora
+    python -m finetune bench train --json --liger          # ours with and without Liger (GPU)
 
 Both sides get the same model, data, LoRA settings, batch, learning rate, schedule, seed and
 steps (planned once, as `python -m finetune train` plans them). The baseline is TRL's
@@ -18,7 +19,8 @@ probe's matmul peak (`hardware.probe`; on a GPU an 8192-cube matmul in the run's
 On a GPU the same command measures bf16 on CUDA: `python -m finetune bench train --json`.
 `--shape` trains a random-init model of a published size instead (`bench/shapes.py`), and
 `--seq-len N` rows of about N tokens (the samples' turns, one chat after another) instead of the
-data, with `max_length` N.
+data, with `max_length` N. `--liger` (an NVIDIA GPU) trains ours twice, without and with Liger's
+kernels (`finetune.liger`), and keeps what it measured for `liger_kernels` 'auto' on this GPU.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ def _child(side: str, run_dir: Path) -> dict:
     from finetune import allocator, runinfo
 
     start = time.time()
+    process = "baseline" if side == "baseline" else "ours"  # ours-liger: ours, its config says
     with open(run_dir / "train.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "finetune.bench.child", side, str(run_dir)],
-                                stdout=out, stderr=subprocess.STDOUT,
-                                env=allocator.environ(os.environ, use=side == "ours"))
+        proc = subprocess.Popen([sys.executable, "-m", "finetune.bench.child", process,
+                                 str(run_dir)], stdout=out, stderr=subprocess.STDOUT,
+                                env=allocator.environ(os.environ, use=process == "ours"))
         _, code, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(code)
     child = runinfo.read_json(run_dir / "bench.json", {}) or {}
@@ -94,10 +97,18 @@ def compare(ours: dict, baseline: dict) -> dict:
             "same_tokens": ours["tokens"] == baseline["tokens"]}
 
 
+def _liger_side(resolved, hw) -> None:
+    """Refuse `--liger` where Liger's kernels cannot run (before anything trains)."""
+    from finetune import liger, models
+
+    liger.check("on", hw.device, models.model_shape(models.resolve(resolved.model))["model_type"])
+
+
 def bench_train(model: str | None = None, steps: int | None = None, rounds: int | None = None,
                 data: str | None = None, shape: str | None = None, seq_len: int | None = None,
-                method: str | None = None, log=print) -> dict:
+                method: str | None = None, liger: bool = False, log=print) -> dict:
     from finetune import config, hardware, models, paths, plan, runinfo
+    from finetune import liger as kernels
     from finetune.bench import cpu_id, shapes
 
     steps, rounds = steps or 12, rounds or 1
@@ -119,17 +130,22 @@ def bench_train(model: str | None = None, steps: int | None = None, rounds: int 
                            max_steps=steps, val_fraction=0.0, early_stopping=False,
                            save_steps=steps, eval_steps=steps, name="bench-train", **extra)
     resolved = plan.plan(cfg).config
-    results: dict[str, list[dict]] = {side: [] for side in SIDES}
+    hw = hardware.detect()
+    configs = {side: resolved for side in SIDES}
+    if liger:  # ours without, then with Liger's kernels
+        _liger_side(resolved, hw)
+        configs.update(ours=resolved.replace(liger_kernels="off"),
+                       **{"ours-liger": resolved.replace(liger_kernels="on")})
+    results: dict[str, list[dict]] = {side: [] for side in configs}
     for r in range(rounds):
-        for side in SIDES:  # alternately: a load on the machine that comes and goes hits both
+        for side in configs:  # alternately: a load on the machine that comes and goes hits all
             run_dir = runinfo.new_run_dir(f"bench-{side}")
-            resolved.save(run_dir / "config.yaml")
+            configs[side].save(run_dir / "config.yaml")
             runinfo.update_status(run_dir, state="queued", created=time.time(), step=0)
             log(f"bench train: round {r + 1} of {rounds}, {side} ({run_dir})")
             results[side].append(_child(side, run_dir))
             one = results[side][-1]
             log(f"  {one['tokens_per_s']} tokens/s, peak {one['peak_memory_gb']} GB")
-    hw = hardware.detect()
     gflops = hardware.probe()
     peak = gflops.get(resolved.precision)
     if hw.device == "cuda":  # the probe's small matmul is far from a GPU's peak: measure a big one
@@ -149,15 +165,30 @@ def bench_train(model: str | None = None, steps: int | None = None, rounds: int 
 
     ours, baseline = summary("ours"), summary("baseline")
     flags = hw.cpu_flags
+    extra = {}
+    if liger:
+        with_kernels = summary("ours-liger")
+        against = compare(with_kernels, ours)
+        extra["liger"] = {**with_kernels, **compare(with_kernels, baseline),
+                          "speedup_vs_ours": against["speedup_vs_baseline"],
+                          "memory_vs_ours": against["memory_vs_baseline"],
+                          "loss_max_rel_diff_vs_ours": against["loss_max_rel_diff"],
+                          "kept_for_auto": kernels.record(hw.name, {
+                              "speedup": against["speedup_vs_baseline"],
+                              "memory": against["memory_vs_baseline"],
+                              "loss_max_rel_diff": against["loss_max_rel_diff"],
+                              "model": resolved.model, "seq_len": seq_len,
+                              "date": time.strftime("%Y-%m-%d", time.gmtime())})}
     return {
         **compare(ours, baseline),
-        "ours": ours, "baseline": baseline,
+        "ours": ours, "baseline": baseline, **extra,
         "settings": {"model": resolved.model, "data": resolved.data, "method": resolved.method,
                      "lora_r": resolved.lora_r, "batch_size": resolved.batch_size,
                      "grad_accum": resolved.grad_accum, "max_length": resolved.max_length,
                      "shape": shape and shapes.WHAT[shape], "seq_len": seq_len,
                      "steps": steps, "precision": resolved.precision, "rounds": rounds,
-                     "order": "baseline then ours, alternately", "n_params": n_params},
+                     "liger_kernels": configs["ours"].liger_kernels,
+                     "order": f"{', '.join(configs)}, alternately", "n_params": n_params},
         "machine": {"device": hw.device, "name": hw.name, "cpu_model": cpu_id(),
                     "avx512_bf16": "avx512_bf16" in flags, "threads": hw.threads,
                     "gflops": gflops, "describe": hw.describe(),

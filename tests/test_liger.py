@@ -1,0 +1,113 @@
+"""Liger's kernels: 'auto' uses them only where `bench train --liger` measured them faster on
+this GPU; 'on' is refused where they cannot run; a run set to 'on' hands TRL the layer kernels
+and keeps its own loss (no GPU here: Liger's patching is stood in for)."""
+
+import pytest
+import yaml
+
+from finetune import config, jobs, liger, paths, plan, runinfo, train
+from finetune.errors import ConfigError
+
+FASTER = {"speedup": 1.21, "memory": 0.83, "loss_max_rel_diff": 0.004, "date": "2026-11-26"}
+H200 = "NVIDIA H200"
+
+
+def gpu_facts(**kw):
+    settings = dict(n_rows=360, lengths=[90] * 360, has_val_file=False, n_params=1_235_814_400,
+                    hidden=2048, layers=16, vocab=128_256, context=131_072, device="cuda",
+                    memory_gb=139.8, free_gb=139.0, precision="bf16",
+                    precision_reason="this GPU has bf16 tensor cores", gpus=1,
+                    model_type="llama", gpu_name=H200)
+    settings.update(kw)
+    return plan.Facts(**settings)
+
+
+@pytest.fixture
+def measurements(tmp_path, monkeypatch):
+    """Measurements kept in a folder of this test's own (not the shared model cache)."""
+    monkeypatch.setenv("FINETUNE_MODELS", str(tmp_path / "models"))
+
+
+def test_auto_follows_what_bench_measured_on_this_gpu(measurements, monkeypatch):
+    monkeypatch.setattr(liger, "installed", lambda: True)
+    resolved, reasons = plan.resolve(config.RunConfig(), gpu_facts(), lora_params_per_rank=1)
+    assert resolved.liger_kernels == "off"
+    assert "bench train --liger" in reasons["liger_kernels"]  # how to measure it
+
+    liger.record(H200, FASTER)
+    resolved, reasons = plan.resolve(config.RunConfig(), gpu_facts(), lora_params_per_rank=1)
+    assert resolved.liger_kernels == "on"
+    assert "1.21x the speed" in reasons["liger_kernels"]
+
+    # measured on another GPU: not this one's
+    resolved, _ = plan.resolve(config.RunConfig(), gpu_facts(gpu_name="NVIDIA H100 80GB HBM3"),
+                               lora_params_per_rank=1)
+    assert resolved.liger_kernels == "off"
+    # set by you: kept
+    resolved, reasons = plan.resolve(config.RunConfig(liger_kernels="off"), gpu_facts(),
+                                     lora_params_per_rank=1)
+    assert resolved.liger_kernels == "off" and reasons["liger_kernels"] == "set by you"
+
+
+@pytest.mark.parametrize("measurement, words", [
+    ({**FASTER, "speedup": 0.97}, "no faster on this GPU"),
+    ({**FASTER, "loss_max_rel_diff": 0.09}, "loss curve differed by 0.09"),
+])
+def test_auto_stays_off_when_measured_slower_or_learning_otherwise(measurement, words):
+    value, why = liger.choose("cuda", "llama", True, measurement)
+    assert value == "off" and words in why
+
+
+@pytest.mark.parametrize("device, model_type, installed, words", [
+    ("cpu", "llama", True, "NVIDIA GPUs; this machine has none"),
+    ("cuda", "gpt2", True, "no kernels for gpt2 models"),
+    ("cuda", "llama", False, "liger-kernel is not installed"),
+])
+def test_auto_is_off_where_the_kernels_cannot_run_and_says_why(device, model_type, installed,
+                                                                words):
+    value, why = liger.choose(device, model_type, installed, FASTER)
+    assert value == "off" and words in why
+
+
+def test_on_is_refused_on_a_cpu_before_anything_starts(tiny_model, tiny_data):
+    cfg = config.RunConfig(model=str(tiny_model), data=str(tiny_data), liger_kernels="on")
+    with pytest.raises(ConfigError, match="needs an NVIDIA GPU.*use 'auto' or 'off'"):
+        jobs.prepare_run(cfg)
+    planned = plan.plan(config.RunConfig(model=str(tiny_model), data=str(tiny_data)))
+    assert planned.config.liger_kernels == "off"
+    assert "NVIDIA" in planned.reasons["liger_kernels"]
+
+
+def test_bench_train_liger_is_refused_without_a_gpu(tiny_model, tiny_data):
+    from finetune.bench.train import bench_train
+
+    with pytest.raises(ConfigError, match="needs an NVIDIA GPU"):
+        bench_train(model=str(tiny_model), data=str(tiny_data), steps=2, liger=True,
+                    log=lambda *a: None)
+    assert not list(paths.runs_dir().glob("bench-*"))  # refused before either side trained
+
+
+def test_a_run_set_to_on_hands_trl_the_layer_kernels_and_keeps_its_own_loss(tiny_model,
+                                                                            tiny_data,
+                                                                            monkeypatch):
+    import transformers.trainer
+
+    applied = []
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel",
+                        lambda model, kernel_config: applied.append(dict(kernel_config)))
+    cfg = config.RunConfig(model=str(tiny_model), data=str(tiny_data), method="lora",
+                           max_steps=4, batch_size=4, grad_accum=1, eval_steps=2, save_steps=2,
+                           early_stopping=False)
+    run_dir = jobs.prepare_run(cfg).run_dir
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    # as a plan on a GPU with the kernels measured faster would have written it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, "liger_kernels": "on"}))
+
+    status = train.run(run_dir)
+
+    assert status["state"] == "completed", status
+    assert applied and applied[0]["fused_linear_cross_entropy"] is False  # the loss stays ours
+    assert {k for k, v in applied[0].items() if v} == {"rope", "rms_norm", "swiglu"}
+    assert "kernels: Liger's RMSNorm, SwiGLU and RoPE" in (run_dir / "train.log").read_text()
+    # validation ran with them and gave its loss
+    assert [m["eval_loss"] for m in runinfo.read_metrics(run_dir) if "eval_loss" in m]
