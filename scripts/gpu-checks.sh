@@ -6,12 +6,18 @@
 # (the last such measurement is what `liger_kernels: auto` follows); with 2+ GPUs the
 # multi-process tests.
 #   bash scripts/gpu-checks.sh            # ~30-40 minutes on one H100
+#   FINETUNE_PYTHON=python3 bash scripts/gpu-checks.sh   # a Python that has the requirements
+#                                         # already (a machine without PyPI): no setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+if [ -n "${FINETUNE_PYTHON:-}" ]; then
+  py="$FINETUNE_PYTHON"
+else
+  bash scripts/setup.sh
+  py=.venv/bin/python
+fi
 out="${1:-gpu-checks}"
 mkdir -p "$out"
-py=.venv/bin/python
 if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "error: no CUDA GPU is visible (torch.cuda.is_available() is False)" >&2
   exit 1
