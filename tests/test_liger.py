@@ -111,3 +111,32 @@ def test_a_run_set_to_on_hands_trl_the_layer_kernels_and_keeps_its_own_loss(tiny
     assert "kernels: Liger's RMSNorm, SwiGLU and RoPE" in (run_dir / "train.log").read_text()
     # validation ran with them and gave its loss
     assert [m["eval_loss"] for m in runinfo.read_metrics(run_dir) if "eval_loss" in m]
+
+
+def test_bench_train_liger_trains_ours_without_and_with_and_keeps_the_result_for_auto(
+        tiny_model, tiny_data, measurements, monkeypatch):
+    from finetune import hardware
+    from finetune.bench import train as bench
+
+    speed = {"baseline": 100.0, "ours": 200.0, "ours-liger": 250.0}
+    memory = {"baseline": 10.0, "ours": 6.0, "ours-liger": 5.0}
+    loss = {"baseline": [1.0, 0.5], "ours": [1.0, 0.5], "ours-liger": [1.0, 0.501]}
+    seen = {}
+
+    def child(side, run_dir):  # what each side's process would measure
+        seen[side] = config.load(run_dir / "config.yaml").liger_kernels
+        return {"tokens_per_s": speed[side], "peak_memory_gb": memory[side], "tokens": 96,
+                "loss": loss[side]}
+
+    monkeypatch.setattr(bench, "_child", child)
+    monkeypatch.setattr(bench, "_liger_side", lambda resolved, hw: None)  # as on a GPU
+    out = bench.bench_train(model=str(tiny_model), data=str(tiny_data), steps=2, liger=True,
+                            log=lambda *a: None)
+
+    assert seen == {"baseline": "off", "ours": "off", "ours-liger": "on"}
+    assert out["speedup_vs_baseline"] == 2.0  # ours without the kernels
+    assert out["liger"]["speedup_vs_ours"] == 1.25
+    assert out["liger"]["memory_vs_ours"] == round(5 / 6, 3)
+    assert out["liger"]["speedup_vs_baseline"] == 2.5
+    kept = liger.measured(hardware.detect().name)
+    assert kept["speedup"] == 1.25 and kept["loss_max_rel_diff"] == 0.002
