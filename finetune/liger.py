@@ -10,15 +10,19 @@ Only the layer kernels: the loss stays ours (`fastpath.answer_loss`, the answer 
 only), which Liger's fused linear cross-entropy would replace with a whole-model forward of its
 own. 'auto' turns them on only after `bench train --liger` measured this GPU (its name, torch
 and liger-kernel versions) faster with them and with the same loss curve: never measured
-anywhere before, they are not assumed to help. Installed by `scripts/setup.sh` on machines with
-an NVIDIA driver (`requirements-gpu.txt`); Triton needs a GPU, so never on a CPU.
+anywhere before, they are not assumed to help. One measurement per GPU, the latest, whatever
+model it was measured on (the plan's reason names it). Installed by `scripts/setup.sh` on
+machines with an NVIDIA driver (`requirements-gpu.txt`); Triton needs a GPU, so never on a CPU.
+A Space installs requirements.txt alone, so there 'auto' stays off (the reason says why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import sys
 
 from finetune.errors import ConfigError
 
@@ -26,10 +30,10 @@ PACKAGE = "liger-kernel"
 # What TRL passes to Liger (`liger_kernel_config`): the layer kernels, not the loss.
 KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
            "fused_linear_cross_entropy": False}
-# Model types whose layers Liger patches (liger_kernel.transformers.monkey_patch, 0.8.5), of
-# the families this project trains.
-MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma",
-                         "gemma2", "gemma3_text", "phi3", "granite", "olmo2", "smollm3", "glm4"})
+# Model types for which Liger 0.8.5 has all three (liger_kernel.transformers.monkey_patch: Gemma
+# gets GeGLU instead, GLM-4 no RoPE kernel).
+MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "phi3",
+                         "granite", "olmo2", "smollm3"})
 MIN_SPEEDUP = 1.03  # measured faster by more than the noise between two bench runs
 MAX_LOSS_REL_DIFF = 0.02  # the same loss curve, within bf16 rounding
 MEASURED_FILE = "liger-measured.json"  # in paths.models_dir(), beside the matmul probe's cache
@@ -59,15 +63,16 @@ def _file():
     return paths.models_dir() / MEASURED_FILE
 
 
-def record(gpu_name: str, result: dict) -> dict:
+def record(gpu_name: str, result: dict) -> dict | None:
     """Keep what `bench train --liger` measured on this GPU (speedup, memory, loss difference of
-    ours with the kernels against ours without) for 'auto'; returns what was kept."""
+    ours with the kernels against ours without, and on what) for 'auto': one measurement per
+    GPU, the latest. Returns what was kept, None when it could not be written."""
     kept = {"key": machine_key(gpu_name), **result}
     try:
         _file().parent.mkdir(parents=True, exist_ok=True)
         _file().write_text(json.dumps(kept, indent=1), encoding="utf-8")
     except OSError:
-        pass
+        return None
     return kept
 
 
@@ -87,7 +92,7 @@ def choose(device: str, model_type: str, is_installed: bool,
     if device != "cuda":
         return "off", "Liger's kernels are Triton kernels for NVIDIA GPUs; this machine has none"
     if model_type not in MODEL_TYPES:
-        return "off", f"Liger has no kernels for {model_type or 'this'} models"
+        return "off", f"Liger has no kernels for {_models(model_type)}"
     if not is_installed:
         return "off", (f"{PACKAGE} is not installed (scripts/setup.sh installs it on NVIDIA "
                        f"machines; or pip install -r requirements-gpu.txt)")
@@ -96,10 +101,13 @@ def choose(device: str, model_type: str, is_installed: bool,
                        "measures training with and without them, and 'auto' follows")
     speedup = float(measurement.get("speedup", 0.0))
     diff = measurement.get("loss_max_rel_diff")
+    on = measurement.get("on")
     said = (f"measured {speedup:.2f}x the speed, {measurement.get('memory', 0):.2f}x the memory "
-            f"({measurement.get('date', 'earlier')})")
-    if diff is None or float(diff) > MAX_LOSS_REL_DIFF:
-        return "off", f"{said}, but the loss curve differed by {diff}: kept off"
+            f"({on + ', ' if on else ''}{measurement.get('date', 'earlier')})")
+    if diff is None:
+        return "off", f"{said}, but no loss curve to compare: kept off"
+    if float(diff) > MAX_LOSS_REL_DIFF:
+        return "off", f"{said}, but the loss curve differed by {float(diff):.1%}: kept off"
     if speedup < MIN_SPEEDUP:
         return "off", f"{said}: no faster on this GPU"
     return "on", f"{said} on this GPU, the same loss curve"
@@ -113,7 +121,7 @@ def check(value: str, device: str, model_type: str) -> None:
         raise ConfigError("liger_kernels 'on' needs an NVIDIA GPU (Liger's kernels are Triton "
                           "kernels); this machine has none: use 'auto' or 'off'.")
     if model_type not in MODEL_TYPES:
-        raise ConfigError(f"liger_kernels 'on': Liger has no kernels for {model_type} models "
+        raise ConfigError(f"liger_kernels 'on': Liger has no kernels for {_models(model_type)} "
                           f"(it has them for {', '.join(sorted(MODEL_TYPES))}): use 'auto' or "
                           "'off'.")
     if not installed():
@@ -121,8 +129,40 @@ def check(value: str, device: str, model_type: str) -> None:
                           "requirements-gpu.txt, or use 'auto' or 'off'.")
 
 
+def quiet_deprecation() -> None:
+    """TRL 1.16 warns that `use_liger_kernel` will go in TRL 2 for the Hub's kernels (which need
+    the Hub: this project pins TRL and must train without one); not a run's concern."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`use_liger_kernel=True` is deprecated",
+                            category=FutureWarning)
+
+
+def _models(model_type: str) -> str:
+    return f"{model_type} models" if model_type else "this model (its config names no type)"
+
+
 def sft_settings(value: str) -> dict:
     """SFTConfig settings for the resolved value ('on' or 'off')."""
     if value != "on":
         return {}
     return {"use_liger_kernel": True, "liger_kernel_config": dict(KERNELS)}
+
+
+@contextlib.contextmanager
+def restored_after(model):
+    """Liger replaces functions and classes of the model's modeling module (RoPE, RMSNorm, the
+    MLP) for the whole process; put them back when training ends, so that a process that goes
+    on to evaluate, chat or train with 'off' (`bench gpu`, `bench defaults`) does not run them."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(base).__module__)
+    saved = dict(vars(module)) if module is not None else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            for name in [n for n in vars(module) if n not in saved]:
+                delattr(module, name)
+            for name, value in saved.items():
+                if vars(module).get(name) is not value:
+                    setattr(module, name, value)

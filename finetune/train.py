@@ -14,6 +14,7 @@ in progress is never cut: status.json says `saving_since`, and `jobs.stop` waits
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import signal
 import socket
@@ -254,6 +255,7 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
                                          cfg.lora_target, cfg.use_dora)
     has_val = len(splits.val) > 0
     early = cfg.early_stopping and has_val
+    liger.check(cfg.liger_kernels, hw.device, str(model.config.model_type or ""))  # a resumed run
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=int(cfg.batch_size),
@@ -291,6 +293,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     if stopper:
         callbacks.append(stopping.callback(stopper, stopping.scored_rows(cfg, splits.val), run_dir,
                                            log=lambda m: _log(run_dir, tee, m)))
+    if cfg.liger_kernels == "on":
+        liger.quiet_deprecation()
     set_seed(cfg.seed)  # the adapters start the same in every run of this config
     trainer = fastpath.trainer_class()(
         model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
@@ -304,8 +308,8 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
     if hw.device == "cpu":
         _log(run_dir, tee, f"memory allocator: {allocator.describe()}")
     if cfg.liger_kernels == "on":
-        _log(run_dir, tee, "kernels: Liger's RMSNorm, SwiGLU and RoPE (" +
-             liger.version() + ")")
+        _log(run_dir, tee, f"kernels: Liger's RMSNorm, SwiGLU and RoPE ({liger.PACKAGE} "
+                           f"{liger.version()})")
     if cfg.precision == "fp16":  # loss scaling wants fp32 trained weights (TRL makes QLoRA
         models.trainable_to_fp32(trainer.model)  # adapters bf16, which a T4 only emulates)
     checkpoint = runinfo.latest_checkpoint(run_dir) if resume else None
@@ -316,7 +320,9 @@ def _train(run_dir: Path, resume: bool, tee: bool, stop: _Stop) -> dict:
                        f"{cfg.batch_size} x {cfg.grad_accum} rows, {cfg.precision}")
     abandoned = False
     try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with liger.restored_after(trainer.model) if cfg.liger_kernels == "on" else \
+                contextlib.nullcontext():
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
         abandoned = True  # the stop watchdog gave up waiting for the step to end
     state = trainer.state

@@ -22,14 +22,20 @@ if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   echo "error: no CUDA GPU is visible (torch.cuda.is_available() is False)" >&2
   exit 1
 fi
-run() {  # name, then the bench arguments
+failed=()
+run() {  # name, then the bench arguments; a check that fails does not stop the ones after it
   local name="$1"; shift
   echo "== $name: python -m finetune bench $*" >&2
-  "$py" -m finetune bench "$@" --json > "$out/$name.json"
+  if ! "$py" -m finetune bench "$@" --json > "$out/$name.json"; then
+    echo "== $name FAILED (its error is above)" >&2
+    failed+=("$name")
+  fi
 }
 run gpu gpu
-run train-bundled train --liger
-run train-llama-1b train --shape llama-1b --seq-len 2048 --liger
+# ours with and without Liger's kernels where they are installed (setup installs them on GPUs)
+liger=$("$py" -c "import liger_kernel" 2>/dev/null && echo --liger || true)
+run train-bundled train $liger
+run train-llama-1b train --shape llama-1b --seq-len 2048 $liger
 run train-mistral-7b-qlora train --shape mistral-7b --seq-len 2048 --method qlora
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -ge 2 ]; then
@@ -39,3 +45,7 @@ if [ "$gpus" -ge 2 ]; then
     tests/test_launch.py -k curve
 fi
 echo "Results in $out/" >&2
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi

@@ -51,7 +51,8 @@ def test_auto_follows_what_bench_measured_on_this_gpu(measurements, monkeypatch)
 
 @pytest.mark.parametrize("measurement, words", [
     ({**FASTER, "speedup": 0.97}, "no faster on this GPU"),
-    ({**FASTER, "loss_max_rel_diff": 0.09}, "loss curve differed by 0.09"),
+    ({**FASTER, "loss_max_rel_diff": 0.09}, "loss curve differed by 9.0%"),
+    ({**FASTER, "loss_max_rel_diff": None}, "no loss curve to compare"),
 ])
 def test_auto_stays_off_when_measured_slower_or_learning_otherwise(measurement, words):
     value, why = liger.choose("cuda", "llama", True, measurement)
@@ -87,21 +88,32 @@ def test_bench_train_liger_is_refused_without_a_gpu(tiny_model, tiny_data):
     assert not list(paths.runs_dir().glob("bench-*"))  # refused before either side trained
 
 
-def test_a_run_set_to_on_hands_trl_the_layer_kernels_and_keeps_its_own_loss(tiny_model,
-                                                                            tiny_data,
-                                                                            monkeypatch):
-    import transformers.trainer
-
-    applied = []
-    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel",
-                        lambda model, kernel_config: applied.append(dict(kernel_config)))
+def run_set_to_on(tiny_model, tiny_data):
+    """A run directory as a plan on a GPU with the kernels measured faster would write it."""
     cfg = config.RunConfig(model=str(tiny_model), data=str(tiny_data), method="lora",
                            max_steps=4, batch_size=4, grad_accum=1, eval_steps=2, save_steps=2,
                            early_stopping=False)
     run_dir = jobs.prepare_run(cfg).run_dir
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    # as a plan on a GPU with the kernels measured faster would have written it
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, "liger_kernels": "on"}))
+    return run_dir
+
+
+def test_a_run_set_to_on_hands_trl_the_layer_kernels_and_keeps_its_own_loss(tiny_model,
+                                                                            tiny_data,
+                                                                            monkeypatch):
+    import transformers.trainer
+    from transformers.models.llama import modeling_llama
+
+    applied, rope = [], modeling_llama.apply_rotary_pos_emb
+
+    def apply(model, kernel_config):  # what Liger does: module-wide, for the whole process
+        applied.append(dict(kernel_config))
+        modeling_llama.apply_rotary_pos_emb = lambda *a, **k: rope(*a, **k)
+
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel", apply)
+    monkeypatch.setattr(liger, "check", lambda *a: None)  # as on a GPU with liger-kernel
+    run_dir = run_set_to_on(tiny_model, tiny_data)
 
     status = train.run(run_dir)
 
@@ -111,6 +123,17 @@ def test_a_run_set_to_on_hands_trl_the_layer_kernels_and_keeps_its_own_loss(tiny
     assert "kernels: Liger's RMSNorm, SwiGLU and RoPE" in (run_dir / "train.log").read_text()
     # validation ran with them and gave its loss
     assert [m["eval_loss"] for m in runinfo.read_metrics(run_dir) if "eval_loss" in m]
+    # this process's next model (an evaluation, a chat) is plain transformers again
+    assert modeling_llama.apply_rotary_pos_emb is rope
+
+
+def test_a_run_set_to_on_resumed_without_a_gpu_fails_with_what_to_do(tiny_model, tiny_data):
+    run_dir = run_set_to_on(tiny_model, tiny_data)
+
+    status = train.run(run_dir)
+
+    assert status["state"] == "failed"
+    assert "needs an NVIDIA GPU" in status["error"] and "'auto' or 'off'" in status["error"]
 
 
 def test_bench_train_liger_trains_ours_without_and_with_and_keeps_the_result_for_auto(
@@ -140,3 +163,4 @@ def test_bench_train_liger_trains_ours_without_and_with_and_keeps_the_result_for
     assert out["liger"]["speedup_vs_baseline"] == 2.5
     kept = liger.measured(hardware.detect().name)
     assert kept["speedup"] == 1.25 and kept["loss_max_rel_diff"] == 0.002
+    assert kept["on"].startswith("tiny-llama, lora, ") and kept["on"].endswith(" tokens")

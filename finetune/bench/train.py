@@ -169,16 +169,18 @@ def bench_train(model: str | None = None, steps: int | None = None, rounds: int 
     if liger:
         with_kernels = summary("ours-liger")
         against = compare(with_kernels, ours)
+        what = shapes.WHAT[shape] + " shape" if shape else Path(resolved.model).name
+        kept = kernels.record(hw.name, {
+            "speedup": against["speedup_vs_baseline"], "memory": against["memory_vs_baseline"],
+            "loss_max_rel_diff": against["loss_max_rel_diff"],
+            "on": f"{what}, {resolved.method}, {resolved.max_length} tokens",
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}) if against["same_tokens"] \
+            else None  # not the same work: nothing for 'auto' to follow
         extra["liger"] = {**with_kernels, **compare(with_kernels, baseline),
                           "speedup_vs_ours": against["speedup_vs_baseline"],
                           "memory_vs_ours": against["memory_vs_baseline"],
                           "loss_max_rel_diff_vs_ours": against["loss_max_rel_diff"],
-                          "kept_for_auto": kernels.record(hw.name, {
-                              "speedup": against["speedup_vs_baseline"],
-                              "memory": against["memory_vs_baseline"],
-                              "loss_max_rel_diff": against["loss_max_rel_diff"],
-                              "model": resolved.model, "seq_len": seq_len,
-                              "date": time.strftime("%Y-%m-%d", time.gmtime())})}
+                          "kept_for_auto": kept}
     return {
         **compare(ours, baseline),
         "ours": ours, "baseline": baseline, **extra,
