@@ -68,7 +68,8 @@ class Facts:
     gflops: float = 0.0  # measured matmul speed in the chosen precision (0: not measured)
     gpus: int = 0  # GPUs visible to this machine (each machine of the run has as many)
     model_type: str = ""  # the model config's model_type ('llama', ...)
-    gpu_name: str = ""  # the GPU's name, where there is one (what Liger was measured on)
+    liger_installed: bool = False  # liger-kernel importable here
+    liger_measured: dict | None = None  # what `bench train --liger` measured on this GPU
     # for the checks before training (data.checks): the rows, the counter that renders them as
     # training will, the model's folder (its generation config), what balancing did
     rows: list | None = None
@@ -338,8 +339,8 @@ def resolve(cfg: RunConfig, f: Facts, lora_params_per_rank: int = 0) -> tuple[Ru
 
     decide("data_format", f.data_format, "detected from the data's columns")
     decide("precision", f.precision, f.precision_reason)
-    decide("liger_kernels", *liger.choose(f.device, f.model_type, liger.installed(),
-                                          liger.measured(f.gpu_name) if f.gpu_name else None))
+    decide("liger_kernels", *liger.choose(f.device, f.model_type, f.liger_installed,
+                                          f.liger_measured))
     vf = decide("val_fraction", *val_fraction(f))
     n_train = f.n_rows - round(float(vf) * f.n_rows)
     length = decide("max_length", *max_length(f))
@@ -478,7 +479,8 @@ def measure(cfg: RunConfig):
                   precision=precision, precision_reason=why, device=hw.device,
                   memory_gb=hw.memory_gb, free_gb=hardware.free_memory_gb(), gflops=speed,
                   gpus=hardware.gpu_count(), rows=rows, counter=counter,
-                  gpu_name=hw.name if hw.device == "cuda" else "",
+                  liger_installed=liger.installed(),
+                  liger_measured=liger.measured(hw.name) if hw.device == "cuda" else None,
                   model_folder=source.path if Path(source.path).is_dir() else
                   models.model_files(cfg.model),  # a Hub model: its cached config files
                   balanced=splits.report.get("balanced"), mixed=splits.report.get("mixed"),

@@ -17,7 +17,7 @@ def gpu_facts(**kw):
                     hidden=2048, layers=16, vocab=128_256, context=131_072, device="cuda",
                     memory_gb=139.8, free_gb=139.0, precision="bf16",
                     precision_reason="this GPU has bf16 tensor cores", gpus=1,
-                    model_type="llama", gpu_name=H200)
+                    model_type="llama", liger_installed=True)
     settings.update(kw)
     return plan.Facts(**settings)
 
@@ -28,24 +28,24 @@ def measurements(tmp_path, monkeypatch):
     monkeypatch.setenv("FINETUNE_MODELS", str(tmp_path / "models"))
 
 
-def test_auto_follows_what_bench_measured_on_this_gpu(measurements, monkeypatch):
-    monkeypatch.setattr(liger, "installed", lambda: True)
-    resolved, reasons = plan.resolve(config.RunConfig(), gpu_facts(), lora_params_per_rank=1)
+def test_auto_follows_what_bench_measured_on_this_gpu(measurements):
+    def plan_on_this_gpu(cfg=None):
+        return plan.resolve(cfg or config.RunConfig(), gpu_facts(
+            liger_measured=liger.measured(H200)), lora_params_per_rank=1)
+
+    resolved, reasons = plan_on_this_gpu()
     assert resolved.liger_kernels == "off"
     assert "bench train --liger" in reasons["liger_kernels"]  # how to measure it
 
-    liger.record(H200, FASTER)
-    resolved, reasons = plan.resolve(config.RunConfig(), gpu_facts(), lora_params_per_rank=1)
+    liger.record(H200, {**FASTER, "on": "Llama-3.2-1B shape, lora, 2048 tokens"})
+    resolved, reasons = plan_on_this_gpu()
     assert resolved.liger_kernels == "on"
     assert "1.21x the speed" in reasons["liger_kernels"]
+    assert "Llama-3.2-1B shape, lora, 2048 tokens" in reasons["liger_kernels"]
 
-    # measured on another GPU: not this one's
-    resolved, _ = plan.resolve(config.RunConfig(), gpu_facts(gpu_name="NVIDIA H100 80GB HBM3"),
-                               lora_params_per_rank=1)
-    assert resolved.liger_kernels == "off"
+    assert liger.measured("NVIDIA H100 80GB HBM3") is None  # another GPU's is not this one's
     # set by you: kept
-    resolved, reasons = plan.resolve(config.RunConfig(liger_kernels="off"), gpu_facts(),
-                                     lora_params_per_rank=1)
+    resolved, reasons = plan_on_this_gpu(config.RunConfig(liger_kernels="off"))
     assert resolved.liger_kernels == "off" and reasons["liger_kernels"] == "set by you"
 
 

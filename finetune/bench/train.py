@@ -170,12 +170,14 @@ def bench_train(model: str | None = None, steps: int | None = None, rounds: int 
         with_kernels = summary("ours-liger")
         against = compare(with_kernels, ours)
         what = shapes.WHAT[shape] + " shape" if shape else Path(resolved.model).name
-        kept = kernels.record(hw.name, {
-            "speedup": against["speedup_vs_baseline"], "memory": against["memory_vs_baseline"],
-            "loss_max_rel_diff": against["loss_max_rel_diff"],
-            "on": f"{what}, {resolved.method}, {resolved.max_length} tokens",
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}) if against["same_tokens"] \
-            else None  # not the same work: nothing for 'auto' to follow
+        kept = None  # trained on other tokens: not the same work, nothing for 'auto' to follow
+        if against["same_tokens"]:
+            kept = kernels.record(hw.name, {
+                "speedup": against["speedup_vs_baseline"],
+                "memory": against["memory_vs_baseline"],
+                "loss_max_rel_diff": against["loss_max_rel_diff"],
+                "on": f"{what}, {resolved.method}, {resolved.max_length} tokens",
+                "date": time.strftime("%Y-%m-%d", time.gmtime())})
         extra["liger"] = {**with_kernels, **compare(with_kernels, baseline),
                           "speedup_vs_ours": against["speedup_vs_baseline"],
                           "memory_vs_ours": against["memory_vs_baseline"],
