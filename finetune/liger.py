@@ -113,20 +113,21 @@ def choose(device: str, model_type: str, is_installed: bool,
     return "on", f"{said} on this GPU, the same loss curve"
 
 
-def check(value: str, device: str, model_type: str) -> None:
-    """Refuse 'on' where it cannot work, before a run starts."""
+def check(value: str, device: str, model_type: str, asked: str = "liger_kernels 'on'",
+          instead: str = "use 'auto' or 'off'") -> None:
+    """Refuse 'on' where it cannot work, before a run starts (`asked`: what the user asked for,
+    `instead`: what to do instead, in the words of the command that asked)."""
     if value != "on":
         return
     if device != "cuda":
-        raise ConfigError("liger_kernels 'on' needs an NVIDIA GPU (Liger's kernels are Triton "
-                          "kernels); this machine has none: use 'auto' or 'off'.")
+        raise ConfigError(f"{asked} needs an NVIDIA GPU (Liger's kernels are Triton kernels); "
+                          f"this machine has none: {instead}.")
     if model_type not in MODEL_TYPES:
-        raise ConfigError(f"liger_kernels 'on': Liger has no kernels for {_models(model_type)} "
-                          f"(it has them for {', '.join(sorted(MODEL_TYPES))}): use 'auto' or "
-                          "'off'.")
+        raise ConfigError(f"{asked}: Liger has no kernels for {_models(model_type)} (it has "
+                          f"them for {', '.join(sorted(MODEL_TYPES))}): {instead}.")
     if not installed():
-        raise ConfigError(f"liger_kernels 'on' but {PACKAGE} is not installed: pip install -r "
-                          "requirements-gpu.txt, or use 'auto' or 'off'.")
+        raise ConfigError(f"{asked} but {PACKAGE} is not installed: pip install -r "
+                          f"requirements-gpu.txt, or {instead}.")
 
 
 def quiet_deprecation() -> None:

@@ -101,7 +101,8 @@ def _liger_side(resolved, hw) -> None:
     """Refuse `--liger` where Liger's kernels cannot run (before anything trains)."""
     from finetune import liger, models
 
-    liger.check("on", hw.device, models.model_shape(models.resolve(resolved.model))["model_type"])
+    liger.check("on", hw.device, models.model_shape(models.resolve(resolved.model))["model_type"],
+                asked="bench train --liger", instead="leave out --liger")
 
 
 def bench_train(model: str | None = None, steps: int | None = None, rounds: int | None = None,
